@@ -1,0 +1,248 @@
+"""The library API: plan a manifest, run it into an output dir, get the results table.
+
+The CLI is a thin layer over ``plan_file``, ``run`` and ``arun``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pandas as pd
+
+from . import __version__ as VERSION
+from .download import remove_partial_files
+from .engine import Engine, Settings
+from .errors import MissingApiKey, OutputDirError, RunAborted, RunInterrupted
+from .evolink import DEFAULT_BASE_URL, EvolinkClient
+from .expand import Plan, plan_manifest
+from .fake import FakeOptions, create_app
+from .journal import Journal, iso
+from .manifest import LoadedManifest, load_manifest
+from .outputs import file_sha256, summary_counts, write_outputs
+from .policy import Timing
+from .progress import Reporter
+
+LOCK_NAME = ".runner.lock"
+FAKE_BASE_URL = "http://fake-evolink.local"
+
+
+def plan_file(path: str | Path) -> Plan:
+    """Load, expand and check every job of a manifest; sends nothing."""
+    return plan_manifest(load_manifest(path))
+
+
+@dataclass
+class RunOptions:
+    """Everything about a run besides the manifest; the CLI fills it from its flags."""
+
+    out: str | Path | None = None
+    base_url: str | None = None
+    fake: bool = False
+    fake_options: FakeOptions | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    api_key: str | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    max_attempts: int | None = None
+    task_timeout: float | None = None
+    retry_failed: bool = False
+    max_credits: float | None = None
+    timing: Timing = field(default_factory=Timing)
+    reporter: Reporter | None = None
+    handle_signals: bool = True
+
+
+def run(path: str | Path, out: str | Path | None = None, base_url: str | None = None,
+        fake: bool = False, **options: Any) -> pd.DataFrame:
+    """Run a manifest and return the results table (one row per job)."""
+    return anyio.run(_arun_kwargs, path, out, base_url, fake, options)
+
+
+async def _arun_kwargs(path: str | Path, out: str | Path | None, base_url: str | None,
+                       fake: bool, options: dict[str, Any]) -> pd.DataFrame:
+    return await arun(path, out=out, base_url=base_url, fake=fake, **options)
+
+
+async def arun(path: str | Path, out: str | Path | None = None, base_url: str | None = None,
+               fake: bool = False, **options: Any) -> pd.DataFrame:
+    """``run`` for callers already inside an event loop."""
+    opts = RunOptions(out=out, base_url=base_url, fake=fake, **options)
+    plan = plan_file(path)
+    return await run_plan(plan, opts)
+
+
+def resolve_out_dir(loaded: LoadedManifest, out: str | Path | None) -> Path:
+    """``--out``, else the manifest's ``output``, else ``outputs/<name>``; all from the cwd."""
+    if out is not None:
+        return Path(out)
+    if loaded.manifest.output:
+        return Path(loaded.manifest.output)
+    return Path("outputs") / loaded.name
+
+
+def settings_for(loaded: LoadedManifest, opts: RunOptions) -> Settings:
+    limits = loaded.manifest.limits
+    return Settings(
+        concurrency=opts.concurrency or limits.concurrency,
+        rate=opts.rate if opts.rate is not None else limits.rate,
+        max_attempts=opts.max_attempts or limits.max_attempts,
+        task_timeout=opts.task_timeout or limits.task_timeout,
+        retry_failed=opts.retry_failed,
+        max_credits=opts.max_credits,
+    )
+
+
+async def run_plan(plan: Plan, opts: RunOptions) -> pd.DataFrame:
+    """Run a checked plan into its output dir; raises RunStopped subclasses on early ends."""
+    loaded = plan.loaded
+    settings = settings_for(loaded, opts)
+    client = _client(opts)  # before the dir is touched: a missing key changes nothing
+    out_dir = resolve_out_dir(loaded, opts.out)
+    try:
+        return await _run_in_dir(plan, opts, settings, client, out_dir)
+    finally:
+        await client.aclose()
+
+
+async def _run_in_dir(plan: Plan, opts: RunOptions, settings: Settings, client: EvolinkClient,
+                      out_dir: Path) -> pd.DataFrame:
+    loaded = plan.loaded
+    with _exclusive(out_dir), Journal.open(out_dir) as journal:
+        journal.claim(plan.name, out_dir)
+        remove_partial_files(out_dir / "images")
+        journal.start_invocation()
+        reporter = opts.reporter or Reporter()
+        engine = Engine(client, journal, out_dir, settings, timing=opts.timing,
+                        reporter=reporter)
+        prices = loaded.manifest.price_table()
+        estimates = {job.job_id: prices.get(job.quality or "auto", prices["auto"])
+                     for job in plan.jobs}
+        started = time.time()
+        interrupted = False
+        try:
+            interrupted = await _run_engine(engine, plan, estimates, opts.handle_signals)
+        finally:
+            reporter.close()
+        records = journal.records(job.job_id for job in plan.jobs)
+        latest = _invocation_summary(engine, reporter, started, interrupted, opts, settings)
+        journal.finish_invocation(latest)
+        info = _run_info(plan, journal, records, latest, out_dir)
+        frame = write_outputs(out_dir, plan, records, info)
+    if interrupted:
+        raise RunInterrupted(f"interrupted; state saved in {out_dir}, rerun to continue", frame)
+    if engine.fatal is not None:
+        raise RunAborted(
+            f"the API refused the run ({engine.fatal}); submitting stopped, finished work is "
+            f"in {out_dir}", frame,
+        )
+    return frame
+
+
+async def _run_engine(engine: Engine, plan: Plan, estimates: dict[str, float],
+                      handle_signals: bool) -> bool:
+    """Run the engine; on SIGINT/SIGTERM stop it and return True. A second Ctrl-C kills."""
+    interrupted = False
+    watch = handle_signals and threading.current_thread() is threading.main_thread()
+    async with anyio.create_task_group() as group:
+        if watch:
+            async def watcher() -> None:
+                nonlocal interrupted
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        interrupted = True
+                        engine.stop_submitting()
+                        signal.signal(signal.SIGINT, signal.SIG_DFL)
+                        work.cancel()
+                        return
+
+            group.start_soon(watcher)
+        with anyio.CancelScope() as work:
+            await engine.run(plan.jobs, estimates)
+        group.cancel_scope.cancel()
+    return interrupted
+
+
+def _client(opts: RunOptions) -> EvolinkClient:
+    if opts.fake:
+        transport = httpx.ASGITransport(app=create_app(opts.fake_options or FakeOptions(
+            task_seconds=(0.5, 2.0))))
+        return EvolinkClient(FAKE_BASE_URL, "fake-key", transport=transport)
+    key = opts.api_key or os.environ.get("EVOLINK_API_KEY", "").strip()
+    if not key:
+        raise MissingApiKey()
+    base_url = opts.base_url or os.environ.get("EVOLINK_BASE_URL") or DEFAULT_BASE_URL
+    return EvolinkClient(base_url, key, transport=opts.transport)
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output dir: two runs never share it at once."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"{out_dir} exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = (out_dir / LOCK_NAME).open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputDirError(f"{out_dir} is in use by another runner process") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _invocation_summary(engine: Engine, reporter: Reporter, started: float, interrupted: bool,
+                        opts: RunOptions, settings: Settings) -> dict[str, Any]:
+    tally = reporter.tally
+    ended = time.time()
+    outcome = "interrupted" if interrupted else "aborted" if engine.fatal else (
+        "budget" if engine.budget_stop else "finished")
+    return {
+        "started_at": iso(started), "finished_at": iso(ended),
+        "duration_s": round(ended - started, 3), "outcome": outcome,
+        "submissions": tally.submissions, "completed": tally.completed, "failed": tally.failed,
+        "retries": tally.retries, "throttled": tally.throttled,
+        "fatal_error": str(engine.fatal) if engine.fatal else None,
+        "fake": opts.fake,
+        "settings": {"concurrency": settings.concurrency, "rate": settings.rate,
+                     "max_attempts": settings.max_attempts,
+                     "task_timeout": settings.task_timeout,
+                     "retry_failed": settings.retry_failed, "max_credits": settings.max_credits},
+    }
+
+
+def _run_info(plan: Plan, journal: Journal, records: Any, latest: dict[str, Any],
+              out_dir: Path) -> dict[str, Any]:
+    invocations = journal.invocations()
+    return {
+        "runner_version": VERSION,
+        "name": plan.name,
+        "manifest": str(plan.loaded.path),
+        "resolved_manifest": plan.loaded.manifest.model_dump(mode="json"),
+        "input_files": {
+            role: {"path": str(path), "sha256": file_sha256(path)}
+            for role, path in plan.input_files.items()
+        },
+        "totals": {
+            **summary_counts(plan, records),
+            "estimated_credits": plan.estimated_credits(),
+            "first_started_at": iso(invocations[0]["started_at"]) if invocations else None,
+            "invocations": len(invocations),
+        },
+        "latest": latest,
+    }

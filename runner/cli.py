@@ -1,0 +1,218 @@
+"""The command line: parses arguments, calls the library, turns errors into exit codes.
+
+Exit codes: 0 every job completed; 1 some failed; 2 invalid input (nothing sent);
+3 the API refused the key/quota/access; 130 interrupted (state saved).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import typer
+from rich.console import Console
+
+from . import __version__
+from .batch import RunOptions, plan_file, resolve_out_dir, run_plan
+from .errors import RunnerError, RunStopped
+from .fake import FakeOptions, serve
+from .manifest import manifest_json_schema
+from .progress import make_reporter
+from .summary import plan_summary, print_plan, print_run_summary, report_from_dir
+
+app = typer.Typer(
+    name="runner",
+    help="Turn a YAML manifest into many Evolink image jobs; run them, resume them, "
+    "and get verified files with a results table.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+ManifestArg = Annotated[Path, typer.Argument(help="The manifest (YAML).", show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"runner {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """runner: manifests in, verified images and a results table out."""
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """Run a command body; a RunnerError becomes one line on stderr and its exit code."""
+    try:
+        return action()
+    except RunnerError as error:
+        err.print(f"runner: error: {error}", markup=False)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("runner: interrupted", markup=False)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def validate(manifest: ManifestArg) -> None:
+    """Check a manifest completely (schema, files, CSV, every rendered request and file
+    name); sends nothing.
+
+    Example: runner validate manifests/quickstart.yaml
+    """
+    plan = _guard(lambda: plan_file(manifest))
+    err.print(f"ok: {manifest}: {len(plan.jobs)} jobs, {plan.unique_requests()} unique "
+              f"requests, ~{plan.estimated_credits():g} credits", markup=False)
+
+
+@app.command()
+def plan(
+    manifest: ManifestArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable plan on stdout.")]
+    = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Output dir to compare with.")]
+    = None,
+) -> None:
+    """Show the jobs, unique requests, estimated credits and first prompts; sends nothing.
+
+    Example: runner plan manifests/marketing.yaml --json | jq .jobs
+    """
+    planned = _guard(lambda: plan_file(manifest))
+    out_dir = resolve_out_dir(planned.loaded, out)
+    summary = plan_summary(planned, out_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    else:
+        print_plan(err, summary)
+
+
+@app.command()
+def run(
+    manifest: ManifestArg,
+    out: Annotated[Path | None, typer.Option(help="Output dir (default: the manifest's "
+                                             "output, else outputs/<name>).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="API base URL (default: "
+                                                 "$EVOLINK_BASE_URL, else "
+                                                 "https://api.evolink.ai).")] = None,
+    fake: Annotated[bool, typer.Option("--fake", help="Run against the built-in fake "
+                                       "server; no key needed.")] = False,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=1000,
+                                                    help="Tasks in flight at once.")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Submissions per second.")]
+    = None,
+    max_attempts: Annotated[int | None, typer.Option(min=1, max=50,
+                                                     help="Attempts per job.")] = None,
+    task_timeout: Annotated[float | None, typer.Option(min=1, help="Seconds from submission "
+                                                       "to a final status.")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Resubmit jobs that "
+                                               "ended failed in an earlier run.")] = False,
+    max_credits: Annotated[float | None, typer.Option(min=0, help="Stop submitting before "
+                                                      "reserved credits would pass this.")]
+    = None,
+) -> None:
+    """Run a manifest; resumes if the output dir holds an earlier run of it.
+
+    Examples:
+      runner run manifests/quickstart.yaml --fake
+      EVOLINK_API_KEY=... runner run manifests/marketing.yaml --concurrency 16
+    """
+    planned = _guard(lambda: plan_file(manifest))
+    reporter = make_reporter(err)
+    options = RunOptions(out=out, base_url=base_url, fake=fake, concurrency=concurrency,
+                         rate=rate, max_attempts=max_attempts, task_timeout=task_timeout,
+                         retry_failed=retry_failed, max_credits=max_credits, reporter=reporter)
+    out_dir = resolve_out_dir(planned.loaded, out)
+    stopped: RunStopped | None = None
+    try:
+        frame = anyio.run(run_plan, planned, options)
+    except RunStopped as error:
+        stopped, frame = error, error.results
+    except RunnerError as error:
+        reporter.close()
+        err.print(f"runner: error: {error}", markup=False)
+        raise typer.Exit(error.exit_code) from None
+    print_run_summary(err, out_dir)
+    if stopped is not None:
+        err.print(f"runner: {stopped}", markup=False)
+        raise typer.Exit(stopped.exit_code)
+    if frame is not None and (frame["status"] != "completed").any():
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(out: Annotated[Path, typer.Argument(help="An output dir of an earlier run.")]) \
+        -> None:
+    """Print the summary of an output dir again (counts, time, credits).
+
+    Example: runner report outputs/quickstart
+    """
+    _guard(lambda: report_from_dir(err, out))
+
+
+@app.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema (for editors) on stdout."""
+    sys.stdout.write(json.dumps(manifest_json_schema(), indent=2) + "\n")
+
+
+@app.command("fake-server")
+def fake_server(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    api_key: Annotated[str | None, typer.Option(help="Only this key is accepted.")] = None,
+    task_seconds: Annotated[str, typer.Option(help="Task duration range, 'MIN,MAX'.")]
+    = "1,3",
+    fail_rate: Annotated[float, typer.Option(help="Share of tasks that fail.")] = 0.0,
+    fail_code: Annotated[str, typer.Option(help="Error code of failed tasks.")]
+    = "service_error",
+    error_rate: Annotated[float, typer.Option(help="Share of requests answered 500.")] = 0.0,
+    truncate_rate: Annotated[float, typer.Option(help="Share of downloads cut short.")] = 0.0,
+    rate_limit: Annotated[float | None, typer.Option(help="Submissions/s before 429.")] = None,
+    burst: Annotated[int, typer.Option(help="Burst size for --rate-limit.")] = 1,
+    max_in_progress: Annotated[int | None, typer.Option(help="Unfinished tasks allowed.")]
+    = None,
+    link_ttl: Annotated[float, typer.Option(help="Seconds a result link lives.")] = 86400.0,
+    small_images: Annotated[bool, typer.Option("--small-images", help="1/16-size PNGs.")]
+    = False,
+    latency: Annotated[float, typer.Option(help="Seconds added to every request.")] = 0.0,
+    jitter: Annotated[float, typer.Option(help="Random extra latency, seconds.")] = 0.0,
+    refuse_status: Annotated[int | None, typer.Option(help="Answer every submission with "
+                                                      "this status (401/402/403).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+) -> None:
+    """Serve the fake Evolink API on loopback (for trying runner and for tests).
+
+    Example: runner fake-server --port 8765 --fail-rate 0.1 --rate-limit 5
+    """
+    low, _, high = task_seconds.partition(",")
+    try:
+        seconds = (float(low), float(high or low))
+    except ValueError:
+        err.print("runner: error: --task-seconds takes 'MIN,MAX', e.g. 1,3", markup=False)
+        raise typer.Exit(2) from None
+    options = FakeOptions(
+        api_key=api_key, refuse_status=refuse_status, task_seconds=seconds, latency=latency,
+        jitter=jitter, fail_rate=fail_rate, fail_code=fail_code, error_rate=error_rate,
+        truncate_rate=truncate_rate, rate_limit=rate_limit, burst=burst,
+        max_in_progress=max_in_progress, link_ttl=link_ttl, small_images=small_images,
+        seed=seed,
+    )
+    err.print(f"fake Evolink server on http://{host}:{port} (Ctrl-C to stop)", markup=False)
+    serve(options, host=host, port=port)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console entry point."""
+    return app(args=argv, prog_name="runner")

@@ -1,0 +1,302 @@
+"""The engine: runs jobs against the API with bounded concurrency, a rate limit,
+polling and retries, writing every step to the journal before acting on it.
+
+A job holds a slot from its submission until its final status is seen; downloads and
+backoff waits do not. Until one submission has been accepted, submissions go one at a
+time, so a rejected key costs one request, not one per slot.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from .download import download_image
+from .errors import (
+    ApiError,
+    DownloadError,
+    FatalApiError,
+    LinkExpired,
+    NetworkError,
+    RateLimited,
+    ServerError,
+    TaskFailed,
+    TaskNotFound,
+    TaskTimeout,
+    is_retryable,
+)
+from .evolink import LINK_LIFETIME_S, EvolinkClient, Task, task_failure_is_retryable
+from .expand import Job
+from .journal import Journal, JobRecord
+from .policy import Timing
+from .progress import Reporter
+from .ratelimit import RateLimiter
+
+MAX_THROTTLES_PER_SUBMISSION = 100
+LINK_SAFETY_S = 600  # treat a link as expired this long before its 24 h are up
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The limits a run obeys (manifest limits, overridden by the command line)."""
+
+    concurrency: int = 8
+    rate: float | None = None
+    max_attempts: int = 4
+    task_timeout: float = 900.0
+    retry_failed: bool = False
+    max_credits: float | None = None
+
+
+class _NotSent(Exception):
+    """A job was not submitted because submitting has stopped; it stays pending."""
+
+
+class DownloadFailed(DownloadError):
+    """Raised when a result could not be downloaded after every retry."""
+
+    retryable = False
+
+
+class Engine:
+    """Runs the given jobs to a final state; the journal records every step."""
+
+    def __init__(
+        self,
+        client: EvolinkClient,
+        journal: Journal,
+        out_dir: Path,
+        settings: Settings,
+        *,
+        timing: Timing | None = None,
+        reporter: Reporter | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.out_dir = out_dir
+        self.settings = settings
+        self.timing = timing or Timing()
+        self.reporter = reporter or Reporter()
+        self.limiter = RateLimiter(settings.rate)
+        self.fatal: FatalApiError | None = None
+        self.budget_stop = False
+        self._rng = random.Random(seed)
+        self._slots = anyio.CapacityLimiter(settings.concurrency)
+        self._live = anyio.Semaphore(settings.concurrency * 4 + 16)
+        self._probe = anyio.Lock()
+        self._key_verified = False
+        self._stopped = False
+        self._credits_committed = 0.0
+
+    def stop_submitting(self) -> None:
+        """No new submissions from now on; tasks in flight are still followed."""
+        self._stopped = True
+
+    @property
+    def submitting_stopped(self) -> bool:
+        return self._stopped
+
+    async def run(self, jobs: Sequence[Job], estimates: dict[str, float] | None = None) -> None:
+        """Bring every job to completed or failed (or leave it pending if stopped)."""
+        records = self.journal.records(job.job_id for job in jobs)
+        todo = [job for job in jobs if self._needs_work(job, records.get(job.job_id))]
+        self._credits_committed = sum(r.credits_total for r in records.values())
+        self.reporter.start(total=len(jobs), done=len(jobs) - len(todo))
+        estimates = estimates or {}
+        async with anyio.create_task_group() as group:
+            for job in todo:
+                await self._live.acquire()
+                if self._stopped and not _has_task(records.get(job.job_id)):
+                    self._live.release()
+                    continue
+                group.start_soon(self._run_job, job, records.get(job.job_id),
+                                 estimates.get(job.job_id, 0.0))
+
+    def _needs_work(self, job: Job, record: JobRecord | None) -> bool:
+        if record is None or record.state in ("pending", "submitting", "submitted"):
+            return True
+        if record.state == "failed":
+            return self.settings.retry_failed
+        file = self.out_dir / (record.file or job.path)
+        return not (file.is_file() and file.stat().st_size == record.bytes)
+
+    async def _run_job(self, job: Job, record: JobRecord | None, estimate: float) -> None:
+        try:
+            if record is not None and record.state == "failed":
+                self.journal.reset_attempts(job.job_id)
+            await self._attempts(job, record, estimate)
+        except _NotSent:
+            self.reporter.unsent()
+        except FatalApiError as error:
+            self._fatal(error)  # the task, if any, stays in the journal for a rerun
+            self.reporter.unsent()
+        except Exception as error:
+            code = getattr(error, "code", None)
+            self.journal.mark_failed(job.job_id, str(error), code)
+            self.reporter.failed(job, str(error))
+        else:
+            self.reporter.completed(job)
+        finally:
+            self._live.release()
+
+    async def _attempts(self, job: Job, record: JobRecord | None, estimate: float) -> None:
+        resume = record
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=self._backoff,
+            retry=retry_if_exception(is_retryable),
+            sleep=anyio.sleep,
+            reraise=True,
+            before_sleep=lambda state: self.reporter.retrying(),
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._attempt(job, resume, estimate)
+            resume = None  # a retry always submits again
+
+    def _backoff(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        return self.timing.backoff(state.attempt_number, self._rng, retry_after)
+
+    async def _attempt(self, job: Job, resume: JobRecord | None, estimate: float) -> None:
+        url = _fresh_link(resume)
+        if url is None:
+            async with self._slots:
+                self.reporter.flight_started()
+                try:
+                    task = await self._submit_and_follow(job, resume, estimate)
+                finally:
+                    self.reporter.flight_ended()
+            if not task.succeeded:
+                raise TaskFailed(task.error_code or task.status, task.error_message or
+                                 f"task ended {task.status}",
+                                 retryable=task_failure_is_retryable(task.error_code))
+            url = task.results[0]
+            self.journal.mark_result(job.job_id, url)
+        await self._download(job, url)
+
+    async def _submit_and_follow(self, job: Job, resume: JobRecord | None,
+                                 estimate: float) -> Task:
+        """The in-flight part of an attempt: submit (or take the known task), poll to final."""
+        if resume is not None and resume.state == "submitted" and resume.task_id:
+            deadline = (resume.submitted_at or time.time()) + self.settings.task_timeout
+            return await self._follow(resume.task_id, None, deadline, first_wait=0.0)
+        task = await self._submit(job, estimate)
+        deadline = time.time() + self.settings.task_timeout
+        return await self._follow(task.id, task.estimated_time, deadline)
+
+    async def _submit(self, job: Job, estimate: float) -> Task:
+        if self._key_verified:
+            return await self._send(job, estimate)
+        async with self._probe:
+            return await self._send(job, estimate)
+
+    async def _send(self, job: Job, estimate: float) -> Task:
+        """Submit once, waiting out 429s (they do not use up an attempt)."""
+        for _ in range(MAX_THROTTLES_PER_SUBMISSION):
+            await self.limiter.acquire()
+            self._check_may_submit(estimate)
+            self.journal.mark_submitting(job.job_id)
+            try:
+                task = await self.client.submit(job.request)
+            except RateLimited as error:
+                self.journal.mark_unsent(job.job_id)
+                self.limiter.throttled_for(error.retry_after)
+                self.reporter.throttled()
+                continue
+            except FatalApiError:
+                self.journal.mark_unsent(job.job_id)
+                raise
+            except ApiError as error:
+                if not error.retryable:
+                    self.journal.mark_unsent(job.job_id)
+                raise
+            self.journal.mark_submitted(job.job_id, task.id, task.credits)
+            self._credits_committed += task.credits or 0.0
+            self.limiter.accepted()
+            self._key_verified = True
+            self.reporter.submitted()
+            return task
+        raise RateLimited(429, "rate_limit_exceeded", "still throttled after many waits")
+
+    def _check_may_submit(self, estimate: float) -> None:
+        if self._stopped:
+            raise _NotSent()
+        limit = self.settings.max_credits
+        if limit is not None and self._credits_committed + estimate > limit:
+            self.budget_stop = True
+            self.stop_submitting()
+            raise _NotSent()
+
+    async def _follow(self, task_id: str, estimated: float | None, deadline: float,
+                      first_wait: float | None = None) -> Task:
+        """Poll a task until its status is final; transient poll errors only delay it."""
+        delays = self.timing.poll_delays(estimated, self._rng)
+        if first_wait is not None:
+            next(delays)
+        wait = first_wait if first_wait is not None else next(delays)
+        while True:
+            await anyio.sleep(max(0.0, min(wait, deadline - time.time())))
+            try:
+                task = await self.client.get_task(task_id)
+            except (ServerError, NetworkError, RateLimited) as error:
+                retry_after = getattr(error, "retry_after", None)
+                wait = max(next(delays), (retry_after or 0.0) * self.timing.scale)
+                if time.time() >= deadline:
+                    raise TaskTimeout(task_id, self.settings.task_timeout) from None
+                continue
+            except TaskNotFound:
+                raise
+            self._key_verified = True
+            if task.is_final:
+                return task
+            if time.time() >= deadline:
+                raise TaskTimeout(task_id, self.settings.task_timeout)
+            wait = next(delays)
+
+    async def _download(self, job: Job, url: str) -> None:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=self._backoff,
+            retry=retry_if_exception(lambda e: is_retryable(e) and not isinstance(e, LinkExpired)),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    info = await download_image(self.client, url, self.out_dir, job.path,
+                                                size=job.size)
+        except DownloadError as error:
+            if isinstance(error, LinkExpired) or not error.retryable:
+                raise
+            raise DownloadFailed(f"download failed after retries: {error}") from None
+        except NetworkError as error:
+            raise DownloadFailed(f"download failed after retries: {error}") from None
+        self.journal.mark_completed(job.job_id, info)
+
+    def _fatal(self, error: FatalApiError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+        self.stop_submitting()
+
+
+def _has_task(record: JobRecord | None) -> bool:
+    return record is not None and record.state == "submitted" and bool(record.task_id)
+
+
+def _fresh_link(record: JobRecord | None) -> str | None:
+    """A result link the journal holds that should still work."""
+    if record is None or not record.result_url or record.finished_at is None:
+        return None
+    if time.time() - record.finished_at > LINK_LIFETIME_S - LINK_SAFETY_S:
+        return None
+    return record.result_url

@@ -1,0 +1,317 @@
+"""Expansion: rows × matrix × repeat → jobs, each a checked request with a stable id."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import ManifestError
+from .evolink import canonical_model, request_problems
+from .manifest import LoadedManifest
+from .rows import Row, RowSource, open_rows, resolve_input
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+ID_LENGTH = 16
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\:*?\"<>|]")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to make: a row × a matrix combination × a sample."""
+
+    job_id: str
+    row: int
+    sample: int
+    columns: Mapping[str, Any]
+    matrix: Mapping[str, Any]
+    request: Mapping[str, Any]
+    filename: str  # relative to images/
+    source: str = field(default="", compare=False)
+
+    @property
+    def prompt(self) -> str:
+        return str(self.request["prompt"])
+
+    @property
+    def size(self) -> str | None:
+        return self.request.get("size")
+
+    @property
+    def quality(self) -> str | None:
+        return self.request.get("quality")
+
+    @property
+    def path(self) -> str:
+        """The image's path relative to the output dir."""
+        return f"images/{self.filename}"
+
+
+@dataclass
+class Plan:
+    """The distinct jobs of a manifest, in a stable order, and how they were counted."""
+
+    loaded: LoadedManifest
+    jobs: list[Job]
+    columns: tuple[str, ...]
+    matrix_keys: tuple[str, ...]
+    expanded: int  # combinations before identical requests were merged
+    input_files: dict[str, Path]
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def unique_requests(self) -> int:
+        """Distinct request bodies: samples of one request count once."""
+        return len({_canonical_json(job.request) for job in self.jobs})
+
+    def estimated_credits(self) -> float:
+        prices = self.loaded.manifest.price_table()
+        return float(sum(prices.get(job.quality or "auto", prices["auto"]) for job in self.jobs))
+
+
+def plan_manifest(loaded: LoadedManifest) -> Plan:
+    """Expand and check every job; raises ManifestError on the first problem."""
+    source = open_rows(loaded)
+    renderer = _Renderer(loaded)
+    jobs: list[Job] = []
+    seen_ids: set[str] = set()
+    names = _FilenameRegistry()
+    expanded = 0
+    for job in renderer.jobs(source):
+        expanded += 1
+        if job.job_id in seen_ids:
+            continue
+        seen_ids.add(job.job_id)
+        names.add(job, loaded)
+        jobs.append(job)
+    files = {"manifest": loaded.path}
+    if source.csv_path is not None:
+        files["rows"] = source.csv_path
+    if renderer.template_path is not None:
+        files["template"] = renderer.template_path
+    return Plan(loaded, jobs, source.columns, tuple(loaded.manifest.matrix), expanded, files)
+
+
+def job_id_for(request: Mapping[str, Any], sample: int) -> str:
+    """Stable id: a hash of the canonical request (model, prompt, size, quality,
+    image_urls) and the sample index. callback_url does not change the image."""
+    identity = {
+        "model": canonical_model(str(request.get("model"))),
+        "prompt": request.get("prompt"),
+        "size": request.get("size"),
+        "quality": request.get("quality"),
+        "image_urls": request.get("image_urls"),
+        "sample": sample,
+    }
+    return hashlib.sha256(_canonical_json(identity).encode()).hexdigest()[:ID_LENGTH]
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+class _Renderer:
+    """Compiles the manifest's templates once and renders them per combination."""
+
+    def __init__(self, loaded: LoadedManifest) -> None:
+        self.loaded = loaded
+        m = loaded.manifest
+        self.template_path: Path | None = None
+        if m.template is not None:
+            self.template_path = resolve_input(loaded, m.template, "template")
+            self.env = _environment(self.template_path.parent)
+            self.prompt = self._compile_file(self.template_path)
+        else:
+            self.env = _environment(loaded.base_dir)
+            self.prompt = self._compile(m.prompt or "", "prompt")
+        self.filename = self._compile(m.filename, "filename")
+        self.request = {
+            key: self._compile_value(value, ("request", key))
+            for key, value in m.request.model_dump(exclude_none=True).items()
+        }
+
+    def jobs(self, source: RowSource) -> Iterator[Job]:
+        m = self.loaded.manifest
+        axes = list(m.matrix.items())
+        combos = [dict(zip([k for k, _ in axes], values)) for values in
+                  itertools.product(*[v for _, v in axes])]
+        for row in source.rows():
+            for combo in combos:
+                for sample in range(m.repeat):
+                    yield self._job(row, combo, sample)
+
+    def _job(self, row: Row, combo: dict[str, Any], sample: int) -> Job:
+        m = self.loaded.manifest
+        context = {**m.vars, **row.values, **combo, "sample": sample, "row": row.index}
+        where = _where(row, combo, sample)
+        prompt = self._render(self.prompt, context, where, "prompt").strip()
+        request: dict[str, Any] = {"model": m.model, "prompt": prompt}
+        for key, compiled in self.request.items():
+            value = self._render_value(compiled, context, where, f"request.{key}")
+            if value is not None:
+                request[key] = value
+        for key, problem in request_problems(request):
+            field = key if key in ("prompt", "model") else f"request.{key}"
+            raise self._error(problem, where, field)
+        request["model"] = canonical_model(m.model)
+        job_id = job_id_for(request, sample)
+        name = self._render(self.filename, {**context, "job_id": job_id}, where, "filename")
+        filename = _checked_filename(name.strip())
+        if isinstance(filename, str) and filename.startswith("!"):
+            raise self._error(filename[1:], where, "filename")
+        return Job(job_id, row.index, sample, row.values, combo, request, filename, row.source)
+
+    def _render(self, template: jinja2.Template, context: dict[str, Any], where: str,
+                field: str) -> str:
+        try:
+            return template.render(context)
+        except jinja2.UndefinedError as error:
+            raise self._error(_undefined_message(error), where, field) from None
+        except jinja2.TemplateError as error:
+            raise self._error(f"template error: {error}", where, field) from None
+        except Exception as error:  # any failure inside a user's template
+            raise self._error(f"template error: {type(error).__name__}: {error}", where,
+                              field) from None
+
+    def _render_value(self, compiled: Any, context: dict[str, Any], where: str,
+                      field: str, *, item: bool = False) -> Any:
+        if isinstance(compiled, list):
+            items = [self._render_value(part, context, where, field, item=True)
+                     for part in compiled]
+            kept = [item for item in items if item not in (None, "")]
+            return kept or None
+        if isinstance(compiled, jinja2.Template):
+            text = self._render(compiled, context, where, field).strip()
+            if not text:
+                return None
+            if field == "request.image_urls" and not item:
+                return [text]
+            if field == "request.n" and text.lstrip("-").isdigit():
+                return int(text)
+            return text
+        return compiled
+
+    def _compile_value(self, value: Any, loc: tuple[str, ...]) -> Any:
+        if isinstance(value, list):
+            return [self._compile_value(item, loc) for item in value]
+        if isinstance(value, str):
+            return self._compile(value, *loc)
+        return value
+
+    def _compile(self, source: str, *loc: str) -> jinja2.Template:
+        try:
+            return self.env.from_string(source)
+        except jinja2.TemplateSyntaxError as error:
+            raise ManifestError(
+                f"template syntax error (template line {error.lineno}): {error.message}",
+                file=str(self.loaded.path), line=self.loaded.line_of(*loc), field=".".join(loc),
+            ) from None
+
+    def _compile_file(self, path: Path) -> jinja2.Template:
+        try:
+            source = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ManifestError("not UTF-8 text", file=str(path)) from None
+        if "\x00" in source:
+            raise ManifestError("not a template (binary content)", file=str(path))
+        try:
+            return self.env.from_string(source)
+        except jinja2.TemplateSyntaxError as error:
+            raise ManifestError(
+                f"template syntax error: {error.message}", file=str(path), line=error.lineno
+            ) from None
+
+    def _error(self, message: str, where: str, field: str) -> ManifestError:
+        return ManifestError(message, file=str(self.loaded.path), where=where, field=field)
+
+
+def _environment(folder: Path) -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        loader=jinja2.FileSystemLoader(str(folder)),
+        keep_trailing_newline=False,
+    )
+
+
+def _where(row: Row, combo: Mapping[str, Any], sample: int) -> str:
+    parts = [f"row {row.index} ({row.source})"]
+    parts.extend(f"{key}={value}" for key, value in combo.items())
+    parts.append(f"sample {sample}")
+    return ", ".join(parts)
+
+
+def _undefined_message(error: jinja2.UndefinedError) -> str:
+    text = str(error.message or error)
+    found = re.match(r"'([^']+)' is undefined", text)
+    if found:
+        return f"undefined variable {found.group(1)!r}"
+    return text
+
+
+def _checked_filename(name: str) -> str:
+    """The file name if it is safe, else '!' and the reason (kept out of exceptions
+    so the caller can say which row made it)."""
+    if not name:
+        return "!the file name is empty"
+    if _CONTROL.search(name):
+        return f"!{name!r} has a character not allowed in file names"
+    path = PurePosixPath(name)
+    if path.is_absolute():
+        return f"!{name!r} is absolute; it must stay inside images/"
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return f"!{name!r} leaves or escapes images/ (empty, '.' or '..' part)"
+    if any(part.startswith(".") for part in parts):
+        return f"!{name!r}: hidden names (starting with '.') are not allowed"
+    if any(len(part.encode()) > 255 for part in parts):
+        return f"!{name!r}: a part is longer than 255 bytes"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"!{name!r} must end in one of {', '.join(IMAGE_SUFFIXES)}"
+    return name
+
+
+class _FilenameRegistry:
+    """Refuses two jobs writing one file (case-insensitive, for macOS and Windows users)
+    and a file that is also another file's folder."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, Job] = {}
+        self._folders: set[str] = set()
+
+    def add(self, job: Job, loaded: LoadedManifest) -> None:
+        key = job.filename.casefold()
+        other = self._files.get(key)
+        if other is not None:
+            raise ManifestError(
+                f"{job.filename!r} is also the file name of row {other.row} sample "
+                f"{other.sample} ({other.source}); make the filename template unique",
+                file=str(loaded.path), line=loaded.line_of("filename"), field="filename",
+                where=f"row {job.row} ({job.source}), sample {job.sample}",
+            )
+        parts = key.split("/")
+        folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if key in self._folders or any(folder in self._files for folder in folders):
+            raise ManifestError(
+                f"{job.filename!r} is both a file and a folder of another job's file",
+                file=str(loaded.path), field="filename",
+                where=f"row {job.row} ({job.source}), sample {job.sample}",
+            )
+        self._folders.update(folders)
+        self._files[key] = job

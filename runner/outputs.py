@@ -1,0 +1,197 @@
+"""Outputs derived from the plan and the journal: results.csv/.parquet, files.json,
+metadata.jsonl and run.json. Each is written atomically, and only when it changed,
+so a rerun that did nothing leaves the files as they were."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .expand import Job, Plan
+from .journal import JobRecord, iso
+
+RESULT_COLUMNS = (
+    "job_id", "row", "sample", "prompt", "size", "quality", "status", "task_id", "attempts",
+    "error", "credits", "submitted_at", "completed_at", "duration_s", "file", "sha256",
+    "width", "height", "bytes",
+)
+INT_COLUMNS = ("row", "sample", "attempts", "width", "height", "bytes")
+FLOAT_COLUMNS = ("credits", "duration_s")
+TIME_COLUMNS = ("submitted_at", "completed_at")
+
+
+def input_column_names(plan: Plan) -> dict[str, str]:
+    """Input column and matrix key → its name in the results (``input_<name>`` on a clash)."""
+    names: dict[str, str] = {}
+    for key in (*plan.columns, *plan.matrix_keys):
+        names[key] = f"input_{key}" if key in RESULT_COLUMNS else key
+    return names
+
+
+def job_status(record: JobRecord | None) -> str:
+    if record is None:
+        return "pending"
+    if record.state in ("completed", "failed"):
+        return record.state
+    return "pending"
+
+
+def results_frame(plan: Plan, records: Mapping[str, JobRecord],
+                  jobs: Sequence[Job] | None = None) -> pd.DataFrame:
+    """One row per job, in plan order, typed (numbers as numbers, times as timestamps)."""
+    names = input_column_names(plan)
+    rows = [_result_row(job, records.get(job.job_id), names) for job in (jobs or plan.jobs)]
+    order = [*RESULT_COLUMNS[:3], *names.values(), *RESULT_COLUMNS[3:]]
+    frame = pd.DataFrame(rows, columns=order)
+    for column in INT_COLUMNS:
+        frame[column] = pd.array(frame[column], dtype="Int64")
+    for column in FLOAT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column]).astype("Float64")
+    for column in TIME_COLUMNS:
+        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    for column in names.values():
+        frame[column] = _uniform(frame[column])
+    return frame
+
+
+def _result_row(job: Job, record: JobRecord | None, names: Mapping[str, str]) -> dict[str, Any]:
+    status = job_status(record)
+    done = status == "completed" and record is not None
+    row: dict[str, Any] = {
+        "job_id": job.job_id, "row": job.row, "sample": job.sample,
+        "prompt": job.prompt, "size": job.size, "quality": job.quality, "status": status,
+        "task_id": record.task_id if record else None,
+        "attempts": record.attempts if record else 0,
+        "error": record.error if record and status == "failed" else None,
+        "credits": record.credits if record else None,
+        "submitted_at": record.submitted_at if record else None,
+        "completed_at": record.completed_at if done else None,
+        "duration_s": _duration(record) if done else None,
+        "file": record.file if done else None,
+        "sha256": record.sha256 if done else None,
+        "width": record.width if done else None,
+        "height": record.height if done else None,
+        "bytes": record.bytes if done else None,
+    }
+    for key, value in {**job.columns, **job.matrix}.items():
+        row[names[key]] = value
+    return row
+
+
+def _duration(record: JobRecord) -> float | None:
+    end = record.finished_at or record.completed_at
+    if record.submitted_at is None or end is None:
+        return None
+    return round(max(0.0, end - record.submitted_at), 3)
+
+
+def _uniform(series: pd.Series) -> pd.Series:
+    """Inline rows keep YAML types; a column of mixed types becomes text (Parquet needs one)."""
+    kinds = {type(v) for v in series if v is not None and not (isinstance(v, float) and pd.isna(v))}
+    if len(kinds) <= 1 and not (kinds & {list, dict}):
+        return series
+    return series.map(lambda v: None if v is None else
+                      (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)))
+
+
+def write_outputs(out_dir: Path, plan: Plan, records: Mapping[str, JobRecord],
+                  run_info: dict[str, Any]) -> pd.DataFrame:
+    """Write every output for the plan's jobs; returns the results table."""
+    frame = results_frame(plan, records)
+    write_if_changed(out_dir / "results.csv", _csv_bytes(frame))
+    write_if_changed(out_dir / "results.parquet", _parquet_bytes(frame))
+    completed = [(job, records[job.job_id]) for job in plan.jobs
+                 if job_status(records.get(job.job_id)) == "completed"]
+    write_if_changed(out_dir / "files.json", _json_bytes(_files_manifest(completed)))
+    write_if_changed(out_dir / "metadata.jsonl", _metadata_bytes(frame))
+    write_if_changed(out_dir / "run.json", _json_bytes(run_info))
+    return frame
+
+
+def _csv_bytes(frame: pd.DataFrame) -> bytes:
+    text = frame.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+    return text.encode("utf-8")
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _files_manifest(completed: Sequence[tuple[Job, JobRecord]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_id": job.job_id, "path": record.file, "sha256": record.sha256,
+            "bytes": record.bytes, "width": record.width, "height": record.height,
+            "media_type": record.media_type, "task_id": record.task_id,
+            "source_url": record.result_url,
+        }
+        for job, record in completed
+    ]
+
+
+def _metadata_bytes(frame: pd.DataFrame) -> bytes:
+    """Hugging Face ``imagefolder`` metadata: ``file_name`` + columns, completed jobs only."""
+    done = frame[frame["status"] == "completed"]
+    lines = []
+    for record in json.loads(done.to_json(orient="records", date_format="iso") or "[]"):
+        record.pop("status", None)
+        record.pop("error", None)
+        lines.append(json.dumps({"file_name": record.pop("file"), **record}, ensure_ascii=False))
+    return ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Atomically replace ``path`` with ``data`` unless it already holds exactly that."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    temp = path.with_name(f".{path.name}.tmp")
+    with temp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    return True
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def summary_counts(plan: Plan, records: Mapping[str, JobRecord]) -> dict[str, Any]:
+    """Counts and credits over the plan's jobs, as run.json and the summary show them."""
+    counts = {"jobs": len(plan.jobs), "completed": 0, "failed": 0, "pending": 0}
+    credits = 0.0
+    for job in plan.jobs:
+        record = records.get(job.job_id)
+        counts[job_status(record)] += 1
+        credits += record.credits_total if record else 0.0
+    return {**counts, "credits_reserved": round(credits, 4)}
+
+
+__all__ = ["iso", "results_frame", "summary_counts", "write_if_changed", "write_outputs"]

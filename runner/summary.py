@@ -1,0 +1,101 @@
+"""What people read: the plan before a run, the summary after it, ``report`` later."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import OutputDirError
+from .expand import Plan
+from .journal import read_states
+
+FIRST_PROMPTS = 5
+
+
+def plan_summary(plan: Plan, out_dir: Path | None = None) -> dict[str, Any]:
+    """The plan as data (``plan --json``): counts, credits, ids, first rendered prompts."""
+    summary: dict[str, Any] = {
+        "name": plan.name,
+        "manifest": str(plan.loaded.path),
+        "jobs": len(plan.jobs),
+        "expanded": plan.expanded,
+        "duplicates_merged": plan.expanded - len(plan.jobs),
+        "unique_requests": plan.unique_requests(),
+        "estimated_credits": plan.estimated_credits(),
+        "pricing": plan.loaded.manifest.price_table(),
+        "columns": list(plan.columns),
+        "matrix": {k: list(v) for k, v in plan.loaded.manifest.matrix.items()},
+        "first_prompts": [
+            {"job_id": job.job_id, "row": job.row, "sample": job.sample,
+             "matrix": dict(job.matrix), "prompt": job.prompt, "size": job.size,
+             "quality": job.quality, "file": job.path}
+            for job in plan.jobs[:FIRST_PROMPTS]
+        ],
+        "job_ids": [job.job_id for job in plan.jobs],
+    }
+    if out_dir is not None:
+        summary["out_dir"] = str(out_dir)
+        states = read_states(out_dir)
+        if states is not None:
+            wanted = {job.job_id for job in plan.jobs}
+            done = sum(1 for j in wanted if states.get(j) == "completed")
+            failed = sum(1 for j in wanted if states.get(j) == "failed")
+            summary["existing"] = {
+                "done": done, "failed": failed, "to_run": len(wanted) - done - failed,
+                "dropped": sum(1 for j in states if j not in wanted),
+            }
+    return summary
+
+
+def print_plan(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title=f"plan: {summary['name']}", show_header=False, title_justify="left")
+    table.add_row("jobs", str(summary["jobs"]))
+    if summary["duplicates_merged"]:
+        table.add_row("identical jobs merged", str(summary["duplicates_merged"]))
+    table.add_row("unique requests", str(summary["unique_requests"]))
+    table.add_row("estimated credits", f"{summary['estimated_credits']:g}")
+    if summary.get("out_dir"):
+        table.add_row("output dir", summary["out_dir"])
+    for key, value in (summary.get("existing") or {}).items():
+        table.add_row(f"  {key.replace('_', ' ')}", str(value))
+    console.print(table)
+    for item in summary["first_prompts"]:
+        matrix = " ".join(f"{k}={v}" for k, v in item["matrix"].items())
+        console.print(f"[dim]{item['job_id']} row {item['row']} sample {item['sample']} "
+                      f"{matrix} {item['size'] or ''} {item['quality'] or ''}[/]")
+        console.print(f"  {item['prompt']}", markup=False)
+
+
+def print_run_summary(console: Console, out_dir: Path) -> None:
+    """The end-of-run table, from run.json."""
+    info = _run_json(out_dir)
+    totals, latest = info["totals"], info["latest"]
+    table = Table(title=f"runner: {info['name']}", show_header=False, title_justify="left")
+    table.add_row("jobs", str(totals["jobs"]))
+    table.add_row("completed", f"[green]{totals['completed']}[/]")
+    table.add_row("failed", f"[red]{totals['failed']}[/]" if totals["failed"] else "0")
+    table.add_row("pending", str(totals["pending"]))
+    table.add_row("this run", f"{latest['submissions']} submitted, {latest['retries']} retries, "
+                  f"{latest['duration_s']:.1f} s ({latest['outcome']})")
+    table.add_row("credits reserved", f"{totals['credits_reserved']:g} "
+                  f"(estimate for all jobs: {totals['estimated_credits']:g})")
+    table.add_row("outputs", str(out_dir))
+    console.print(table)
+
+
+def report_from_dir(console: Console, out_dir: Path) -> None:
+    print_run_summary(console, out_dir)
+
+
+def _run_json(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "run.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise OutputDirError(f"{out_dir} holds no run (no run.json)") from None
+    except (ValueError, OSError) as error:
+        raise OutputDirError(f"{path}: unreadable: {error}") from None
