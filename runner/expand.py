@@ -251,7 +251,11 @@ def _environment(folder: Path) -> SandboxedEnvironment:
 
 
 def _where(row: Row, combo: Mapping[str, Any], sample: int) -> str:
-    parts = [f"row {row.index} ({row.source})"]
+    return _describe(row.index, row.source, combo, sample)
+
+
+def _describe(row: int, source: str, combo: Mapping[str, Any], sample: int) -> str:
+    parts = [f"row {row} ({source})"]
     parts.extend(f"{key}={value}" for key, value in combo.items())
     parts.append(f"sample {sample}")
     return ", ".join(parts)
@@ -300,10 +304,11 @@ class _FilenameRegistry:
         other = self._files.get(key)
         if other is not None:
             raise ManifestError(
-                f"{job.filename!r} is also the file name of row {other.row} sample "
-                f"{other.sample} ({other.source}); make the filename template unique",
+                f"{job.filename!r} is also the file name of "
+                f"{_describe(other.row, other.source, other.matrix, other.sample)}; "
+                "make the filename template unique",
                 file=str(loaded.path), line=loaded.line_of("filename"), field="filename",
-                where=f"row {job.row} ({job.source}), sample {job.sample}",
+                where=_describe(job.row, job.source, job.matrix, job.sample),
             )
         parts = key.split("/")
         folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
@@ -311,7 +316,7 @@ class _FilenameRegistry:
             raise ManifestError(
                 f"{job.filename!r} is both a file and a folder of another job's file",
                 file=str(loaded.path), field="filename",
-                where=f"row {job.row} ({job.source}), sample {job.sample}",
+                where=_describe(job.row, job.source, job.matrix, job.sample),
             )
         self._folders.update(folders)
         self._files[key] = job

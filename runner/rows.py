@@ -77,17 +77,19 @@ def resolve_input(loaded: LoadedManifest, relative: str, key: str) -> Path:
 def _read_csv(path: Path, loaded: LoadedManifest) -> tuple[tuple[str, ...], Iterator[Row]]:
     shown = str(path)
     handle = _open_text(path)
-    reader = csv.reader(handle, strict=True)
     try:
-        header = next(reader, None)
-    except (csv.Error, UnicodeDecodeError) as error:
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = next(reader, None)
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise _csv_error(error, shown, 1) from None
+        if not header or all(not name.strip() for name in header):
+            raise ManifestError("the CSV is empty (no header line)", file=shown, line=1)
+        columns = tuple(name.strip() for name in header)
+        _check_header(columns, shown, loaded)
+    except BaseException:
         handle.close()
-        raise _csv_error(error, shown, 1) from None
-    if not header or all(not name.strip() for name in header):
-        handle.close()
-        raise ManifestError("the CSV is empty (no header line)", file=shown, line=1)
-    columns = tuple(name.strip() for name in header)
-    _check_header(columns, shown, loaded)
+        raise
     return columns, _data_rows(reader, handle, columns, shown)
 
 
