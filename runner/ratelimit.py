@@ -18,6 +18,8 @@ class RateLimiter:
 
     MIN_RATE = 0.2  # submissions per second, the floor of the adaptive rate
     WINDOW = 2.0  # seconds of accepted submissions that estimate the API's rate
+    INCREASE = 1.01  # per accepted submission, while adapting
+    DECREASE = 0.7  # per 429, while adapting
 
     def __init__(self, rate: float | None = None, *, clock: Clock = time.monotonic,
                  sleep: Sleep = anyio.sleep) -> None:
@@ -51,17 +53,25 @@ class RateLimiter:
         while self._accepted and self._accepted[0] < now - self.WINDOW:
             self._accepted.popleft()
         if not self.fixed and self.rate is not None:
-            self.rate += 0.02 / max(self.rate, 1.0)  # ~ +0.02 submissions/s per second
+            self.rate *= self.INCREASE
 
     def throttled_for(self, retry_after: float | None) -> None:
-        """The API said 429: pause for Retry-After, and lower the adaptive rate."""
+        """The API said 429: pause everyone for Retry-After, and lower the adaptive rate."""
         self.throttled += 1
         now = self._clock()
         pause = retry_after if retry_after is not None else 1.0
         self._paused_until = max(self._paused_until, now + pause)
+        self._next = max(self._next, self._paused_until)
         if self.fixed:
             return
-        recent = len(self._accepted) / self.WINDOW
-        ceiling = self.rate if self.rate is not None else max(recent, self.MIN_RATE)
-        self.rate = max(self.MIN_RATE, min(ceiling, max(recent, self.MIN_RATE)) * 0.85)
-        self._next = max(self._next, self._paused_until)
+        if self.rate is None:
+            self.rate = self._first_estimate(retry_after)
+        else:
+            self.rate = max(self.MIN_RATE, self.rate * self.DECREASE)
+
+    def _first_estimate(self, retry_after: float | None) -> float:
+        """A token bucket's Retry-After is about one token's interval: 1/rate. Without
+        one, take the rate accepted over the recent window."""
+        if retry_after is not None and 0 < retry_after <= 5:
+            return max(self.MIN_RATE, 1.0 / retry_after)
+        return max(self.MIN_RATE, len(self._accepted) / self.WINDOW)
