@@ -39,6 +39,7 @@ from .progress import Reporter
 from .ratelimit import RateLimiter
 
 MAX_THROTTLES_PER_SUBMISSION = 100
+SUBMIT_SHIELD_S = 90  # a submission in progress finishes (or times out) even on Ctrl-C
 LINK_SAFETY_S = 600  # treat a link as expired this long before its 24 h are up
 
 
@@ -206,7 +207,7 @@ class Engine:
             self._check_may_submit(estimate)
             self.journal.mark_submitting(job.job_id)
             try:
-                task = await self.client.submit(job.request)
+                task = await self._submit_shielded(job)
             except RateLimited as error:
                 self.journal.mark_unsent(job.job_id)
                 self.limiter.throttled_for(error.retry_after)
@@ -219,13 +220,21 @@ class Engine:
                 if not error.retryable:
                     self.journal.mark_unsent(job.job_id)
                 raise
-            self.journal.mark_submitted(job.job_id, task.id, task.credits)
             self._credits_committed += task.credits or 0.0
             self.limiter.accepted()
             self._key_verified = True
             self.reporter.submitted()
             return task
         raise RateLimited(429, "rate_limit_exceeded", "still throttled after many waits")
+
+    async def _submit_shielded(self, job: Job) -> Task:
+        """Send a submission and record its task id, even if the run is being cancelled:
+        a request cut off after the API created the task would be paid for twice."""
+        with anyio.CancelScope(shield=True):
+            with anyio.fail_after(SUBMIT_SHIELD_S):
+                task = await self.client.submit(job.request)
+            self.journal.mark_submitted(job.job_id, task.id, task.credits)
+        return task
 
     def _check_may_submit(self, estimate: float) -> None:
         if self._stopped:

@@ -144,7 +144,8 @@ class LogReporter(Reporter):
             self._status()
 
     def close(self) -> None:
-        self._status()
+        if self.tally.total:
+            self._status()
 
     def _status(self) -> None:
         t = self.tally
