@@ -4,8 +4,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .batch import RunOptions, arun, plan_file as plan, run  # noqa: E402
-from .errors import (  # noqa: E402
+from .batch import RunOptions, arun, run
+from .batch import plan_file as plan
+from .errors import (
     ApiError,
     DownloadError,
     FatalApiError,
@@ -18,8 +19,8 @@ from .errors import (  # noqa: E402
     RunStopped,
     TaskFailed,
 )
-from .expand import Job, Plan  # noqa: E402
-from .manifest import load_manifest  # noqa: E402
+from .expand import Job, Plan
+from .manifest import load_manifest
 
 __all__ = [
     "ApiError",

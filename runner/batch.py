@@ -63,19 +63,34 @@ class RunOptions:
     handle_signals: bool = True
 
 
-def run(path: str | Path, out: str | Path | None = None, base_url: str | None = None,
-        fake: bool = False, **options: Any) -> pd.DataFrame:
+def run(
+    path: str | Path,
+    out: str | Path | None = None,
+    base_url: str | None = None,
+    fake: bool = False,
+    **options: Any,
+) -> pd.DataFrame:
     """Run a manifest and return the results table (one row per job)."""
     return anyio.run(_arun_kwargs, path, out, base_url, fake, options)
 
 
-async def _arun_kwargs(path: str | Path, out: str | Path | None, base_url: str | None,
-                       fake: bool, options: dict[str, Any]) -> pd.DataFrame:
+async def _arun_kwargs(
+    path: str | Path,
+    out: str | Path | None,
+    base_url: str | None,
+    fake: bool,
+    options: dict[str, Any],
+) -> pd.DataFrame:
     return await arun(path, out=out, base_url=base_url, fake=fake, **options)
 
 
-async def arun(path: str | Path, out: str | Path | None = None, base_url: str | None = None,
-               fake: bool = False, **options: Any) -> pd.DataFrame:
+async def arun(
+    path: str | Path,
+    out: str | Path | None = None,
+    base_url: str | None = None,
+    fake: bool = False,
+    **options: Any,
+) -> pd.DataFrame:
     """``run`` for callers already inside an event loop."""
     opts = RunOptions(out=out, base_url=base_url, fake=fake, **options)
     plan = plan_file(path)
@@ -115,19 +130,20 @@ async def run_plan(plan: Plan, opts: RunOptions) -> pd.DataFrame:
         await client.aclose()
 
 
-async def _run_in_dir(plan: Plan, opts: RunOptions, settings: Settings, client: EvolinkClient,
-                      out_dir: Path) -> pd.DataFrame:
+async def _run_in_dir(
+    plan: Plan, opts: RunOptions, settings: Settings, client: EvolinkClient, out_dir: Path
+) -> pd.DataFrame:
     loaded = plan.loaded
     with _exclusive(out_dir), Journal.open(out_dir) as journal:
         journal.claim(plan.name, out_dir)
         remove_partial_files(out_dir / "images")
         journal.start_invocation()
         reporter = opts.reporter or Reporter()
-        engine = Engine(client, journal, out_dir, settings, timing=opts.timing,
-                        reporter=reporter)
+        engine = Engine(client, journal, out_dir, settings, timing=opts.timing, reporter=reporter)
         prices = loaded.manifest.price_table()
-        estimates = {job.job_id: prices.get(job.quality or "auto", prices["auto"])
-                     for job in plan.jobs}
+        estimates = {
+            job.job_id: prices.get(job.quality or "auto", prices["auto"]) for job in plan.jobs
+        }
         started = time.time()
         interrupted = False
         try:
@@ -144,18 +160,21 @@ async def _run_in_dir(plan: Plan, opts: RunOptions, settings: Settings, client: 
     if engine.fatal is not None:
         raise RunAborted(
             f"the API refused the run ({engine.fatal}); submitting stopped, finished work is "
-            f"in {out_dir}", frame,
+            f"in {out_dir}",
+            frame,
         )
     return frame
 
 
-async def _run_engine(engine: Engine, plan: Plan, estimates: dict[str, float],
-                      handle_signals: bool) -> bool:
+async def _run_engine(
+    engine: Engine, plan: Plan, estimates: dict[str, float], handle_signals: bool
+) -> bool:
     """Run the engine; on SIGINT/SIGTERM stop it and return True. A second Ctrl-C kills."""
     interrupted = False
     watch = handle_signals and threading.current_thread() is threading.main_thread()
     async with anyio.create_task_group() as group:
         if watch:
+
             async def watcher() -> None:
                 nonlocal interrupted
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -175,8 +194,9 @@ async def _run_engine(engine: Engine, plan: Plan, estimates: dict[str, float],
 
 def _client(opts: RunOptions) -> EvolinkClient:
     if opts.fake:
-        transport = httpx.ASGITransport(app=create_app(opts.fake_options or FakeOptions(
-            task_seconds=(0.5, 2.0))))
+        transport = httpx.ASGITransport(
+            app=create_app(opts.fake_options or FakeOptions(task_seconds=(0.5, 2.0)))
+        )
         return EvolinkClient(FAKE_BASE_URL, "fake-key", transport=transport)
     key = opts.api_key or os.environ.get("EVOLINK_API_KEY", "").strip()
     if not key:
@@ -206,28 +226,49 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-def _invocation_summary(engine: Engine, reporter: Reporter, started: float, interrupted: bool,
-                        opts: RunOptions, settings: Settings) -> dict[str, Any]:
+def _invocation_summary(
+    engine: Engine,
+    reporter: Reporter,
+    started: float,
+    interrupted: bool,
+    opts: RunOptions,
+    settings: Settings,
+) -> dict[str, Any]:
     tally = reporter.tally
     ended = time.time()
-    outcome = "interrupted" if interrupted else "aborted" if engine.fatal else (
-        "budget" if engine.budget_stop else "finished")
+    outcome = (
+        "interrupted"
+        if interrupted
+        else "aborted"
+        if engine.fatal
+        else ("budget" if engine.budget_stop else "finished")
+    )
     return {
-        "started_at": iso(started), "finished_at": iso(ended),
-        "duration_s": round(ended - started, 3), "outcome": outcome,
-        "submissions": tally.submissions, "completed": tally.completed, "failed": tally.failed,
-        "retries": tally.retries, "throttled": tally.throttled,
+        "started_at": iso(started),
+        "finished_at": iso(ended),
+        "duration_s": round(ended - started, 3),
+        "outcome": outcome,
+        "submissions": tally.submissions,
+        "completed": tally.completed,
+        "failed": tally.failed,
+        "retries": tally.retries,
+        "throttled": tally.throttled,
         "fatal_error": str(engine.fatal) if engine.fatal else None,
         "fake": opts.fake,
-        "settings": {"concurrency": settings.concurrency, "rate": settings.rate,
-                     "max_attempts": settings.max_attempts,
-                     "task_timeout": settings.task_timeout,
-                     "retry_failed": settings.retry_failed, "max_credits": settings.max_credits},
+        "settings": {
+            "concurrency": settings.concurrency,
+            "rate": settings.rate,
+            "max_attempts": settings.max_attempts,
+            "task_timeout": settings.task_timeout,
+            "retry_failed": settings.retry_failed,
+            "max_credits": settings.max_credits,
+        },
     }
 
 
-def _run_info(plan: Plan, journal: Journal, records: Any, latest: dict[str, Any],
-              out_dir: Path) -> dict[str, Any]:
+def _run_info(
+    plan: Plan, journal: Journal, records: Any, latest: dict[str, Any], out_dir: Path
+) -> dict[str, Any]:
     invocations = journal.invocations()
     return {
         "runner_version": VERSION,

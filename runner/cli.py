@@ -47,8 +47,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """runner: manifests in, verified images and a results table out."""
 
@@ -73,17 +77,20 @@ def validate(manifest: ManifestArg) -> None:
     Example: runner validate manifests/quickstart.yaml
     """
     plan = _guard(lambda: plan_file(manifest))
-    err.print(f"ok: {manifest}: {len(plan.jobs)} jobs, {plan.unique_requests()} unique "
-              f"requests, ~{plan.estimated_credits():g} credits", markup=False)
+    err.print(
+        f"ok: {manifest}: {len(plan.jobs)} jobs, {plan.unique_requests()} unique "
+        f"requests, ~{plan.estimated_credits():g} credits",
+        markup=False,
+    )
 
 
 @app.command()
 def plan(
     manifest: ManifestArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable plan on stdout.")]
-    = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Output dir to compare with.")]
-    = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable plan on stdout.")
+    ] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Output dir to compare with.")] = None,
 ) -> None:
     """Show the jobs, unique requests, estimated credits and first prompts; sends nothing.
 
@@ -101,26 +108,37 @@ def plan(
 @app.command()
 def run(
     manifest: ManifestArg,
-    out: Annotated[Path | None, typer.Option(help="Output dir (default: the manifest's "
-                                             "output, else outputs/<name>).")] = None,
-    base_url: Annotated[str | None, typer.Option(help="API base URL (default: "
-                                                 "$EVOLINK_BASE_URL, else "
-                                                 "https://api.evolink.ai).")] = None,
-    fake: Annotated[bool, typer.Option("--fake", help="Run against the built-in fake "
-                                       "server; no key needed.")] = False,
-    concurrency: Annotated[int | None, typer.Option(min=1, max=1000,
-                                                    help="Tasks in flight at once.")] = None,
-    rate: Annotated[float | None, typer.Option(min=0.001, help="Submissions per second.")]
-    = None,
-    max_attempts: Annotated[int | None, typer.Option(min=1, max=50,
-                                                     help="Attempts per job.")] = None,
-    task_timeout: Annotated[float | None, typer.Option(min=1, help="Seconds from submission "
-                                                       "to a final status.")] = None,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Resubmit jobs that "
-                                               "ended failed in an earlier run.")] = False,
-    max_credits: Annotated[float | None, typer.Option(min=0, help="Stop submitting before "
-                                                      "reserved credits would pass this.")]
-    = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output dir (default: the manifest's output, else outputs/<name>)."),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="API base URL (default: $EVOLINK_BASE_URL, else https://api.evolink.ai)."
+        ),
+    ] = None,
+    fake: Annotated[
+        bool, typer.Option("--fake", help="Run against the built-in fake server; no key needed.")
+    ] = False,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=1000, help="Tasks in flight at once.")
+    ] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Submissions per second.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(min=1, max=50, help="Attempts per job.")
+    ] = None,
+    task_timeout: Annotated[
+        float | None, typer.Option(min=1, help="Seconds from submission to a final status.")
+    ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Resubmit jobs that ended failed in an earlier run."),
+    ] = False,
+    max_credits: Annotated[
+        float | None,
+        typer.Option(min=0, help="Stop submitting before reserved credits would pass this."),
+    ] = None,
 ) -> None:
     """Run a manifest; resumes if the output dir holds an earlier run of it.
 
@@ -130,9 +148,18 @@ def run(
     """
     planned = _guard(lambda: plan_file(manifest))
     reporter = make_reporter(err)
-    options = RunOptions(out=out, base_url=base_url, fake=fake, concurrency=concurrency,
-                         rate=rate, max_attempts=max_attempts, task_timeout=task_timeout,
-                         retry_failed=retry_failed, max_credits=max_credits, reporter=reporter)
+    options = RunOptions(
+        out=out,
+        base_url=base_url,
+        fake=fake,
+        concurrency=concurrency,
+        rate=rate,
+        max_attempts=max_attempts,
+        task_timeout=task_timeout,
+        retry_failed=retry_failed,
+        max_credits=max_credits,
+        reporter=reporter,
+    )
     out_dir = resolve_out_dir(planned.loaded, out)
     stopped: RunStopped | None = None
     try:
@@ -152,8 +179,7 @@ def run(
 
 
 @app.command()
-def report(out: Annotated[Path, typer.Argument(help="An output dir of an earlier run.")]) \
-        -> None:
+def report(out: Annotated[Path, typer.Argument(help="An output dir of an earlier run.")]) -> None:
     """Print the summary of an output dir again (counts, time, credits).
 
     Example: runner report outputs/quickstart
@@ -172,24 +198,21 @@ def fake_server(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     api_key: Annotated[str | None, typer.Option(help="Only this key is accepted.")] = None,
-    task_seconds: Annotated[str, typer.Option(help="Task duration range, 'MIN,MAX'.")]
-    = "1,3",
+    task_seconds: Annotated[str, typer.Option(help="Task duration range, 'MIN,MAX'.")] = "1,3",
     fail_rate: Annotated[float, typer.Option(help="Share of tasks that fail.")] = 0.0,
-    fail_code: Annotated[str, typer.Option(help="Error code of failed tasks.")]
-    = "service_error",
+    fail_code: Annotated[str, typer.Option(help="Error code of failed tasks.")] = "service_error",
     error_rate: Annotated[float, typer.Option(help="Share of requests answered 500.")] = 0.0,
     truncate_rate: Annotated[float, typer.Option(help="Share of downloads cut short.")] = 0.0,
     rate_limit: Annotated[float | None, typer.Option(help="Submissions/s before 429.")] = None,
     burst: Annotated[int, typer.Option(help="Burst size for --rate-limit.")] = 1,
-    max_in_progress: Annotated[int | None, typer.Option(help="Unfinished tasks allowed.")]
-    = None,
+    max_in_progress: Annotated[int | None, typer.Option(help="Unfinished tasks allowed.")] = None,
     link_ttl: Annotated[float, typer.Option(help="Seconds a result link lives.")] = 86400.0,
-    small_images: Annotated[bool, typer.Option("--small-images", help="1/16-size PNGs.")]
-    = False,
+    small_images: Annotated[bool, typer.Option("--small-images", help="1/16-size PNGs.")] = False,
     latency: Annotated[float, typer.Option(help="Seconds added to every request.")] = 0.0,
     jitter: Annotated[float, typer.Option(help="Random extra latency, seconds.")] = 0.0,
-    refuse_status: Annotated[int | None, typer.Option(help="Answer every submission with "
-                                                      "this status (401/402/403).")] = None,
+    refuse_status: Annotated[
+        int | None, typer.Option(help="Answer every submission with this status (401/402/403).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
 ) -> None:
     """Serve the fake Evolink API on loopback (for trying runner and for tests).
@@ -203,10 +226,20 @@ def fake_server(
         err.print("runner: error: --task-seconds takes 'MIN,MAX', e.g. 1,3", markup=False)
         raise typer.Exit(2) from None
     options = FakeOptions(
-        api_key=api_key, refuse_status=refuse_status, task_seconds=seconds, latency=latency,
-        jitter=jitter, fail_rate=fail_rate, fail_code=fail_code, error_rate=error_rate,
-        truncate_rate=truncate_rate, rate_limit=rate_limit, burst=burst,
-        max_in_progress=max_in_progress, link_ttl=link_ttl, small_images=small_images,
+        api_key=api_key,
+        refuse_status=refuse_status,
+        task_seconds=seconds,
+        latency=latency,
+        jitter=jitter,
+        fail_rate=fail_rate,
+        fail_code=fail_code,
+        error_rate=error_rate,
+        truncate_rate=truncate_rate,
+        rate_limit=rate_limit,
+        burst=burst,
+        max_in_progress=max_in_progress,
+        link_ttl=link_ttl,
+        small_images=small_images,
         seed=seed,
     )
     err.print(f"fake Evolink server on http://{host}:{port} (Ctrl-C to stop)", markup=False)

@@ -60,9 +60,7 @@ async def download_image(
                     handle.write(chunk)
             if declared and declared.isdigit() and int(declared) != written:
                 raise DownloadError(f"download cut short: {written} of {declared} bytes")
-        width, height, kind = await anyio.to_thread.run_sync(
-            _verify_and_place, temp, target, size
-        )
+        width, height, kind = await anyio.to_thread.run_sync(_verify_and_place, temp, target, size)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .evolink import LINK_LIFETIME_S, EvolinkClient, Task, task_failure_is_retryable
 from .expand import Job
-from .journal import Journal, JobRecord
+from .journal import JobRecord, Journal
 from .policy import Timing
 from .progress import Reporter
 from .ratelimit import RateLimiter
@@ -117,8 +117,9 @@ class Engine:
                 if self._stopped and not _has_task(records.get(job.job_id)):
                     self._live.release()
                     continue
-                group.start_soon(self._run_job, job, records.get(job.job_id),
-                                 estimates.get(job.job_id, 0.0))
+                group.start_soon(
+                    self._run_job, job, records.get(job.job_id), estimates.get(job.job_id, 0.0)
+                )
 
     def _needs_work(self, job: Job, record: JobRecord | None) -> bool:
         if record is None or record.state in ("pending", "submitting", "submitted"):
@@ -177,15 +178,16 @@ class Engine:
                 finally:
                     self.reporter.flight_ended()
             if not task.succeeded:
-                raise TaskFailed(task.error_code or task.status, task.error_message or
-                                 f"task ended {task.status}",
-                                 retryable=task_failure_is_retryable(task.error_code))
+                raise TaskFailed(
+                    task.error_code or task.status,
+                    task.error_message or f"task ended {task.status}",
+                    retryable=task_failure_is_retryable(task.error_code),
+                )
             url = task.results[0]
             self.journal.mark_result(job.job_id, url)
         await self._download(job, url)
 
-    async def _submit_and_follow(self, job: Job, resume: JobRecord | None,
-                                 estimate: float) -> Task:
+    async def _submit_and_follow(self, job: Job, resume: JobRecord | None, estimate: float) -> Task:
         """The in-flight part of an attempt: submit (or take the known task), poll to final."""
         if resume is not None and resume.state == "submitted" and resume.task_id:
             deadline = (resume.submitted_at or time.time()) + self.settings.task_timeout
@@ -203,14 +205,14 @@ class Engine:
     async def _send(self, job: Job, estimate: float) -> Task:
         """Submit once, waiting out 429s (they do not use up an attempt)."""
         for _ in range(MAX_THROTTLES_PER_SUBMISSION):
-            await self.limiter.acquire()
+            generation = await self.limiter.acquire()
             self._check_may_submit(estimate)
             self.journal.mark_submitting(job.job_id)
             try:
                 task = await self._submit_shielded(job)
             except RateLimited as error:
                 self.journal.mark_unsent(job.job_id)
-                self.limiter.throttled_for(error.retry_after)
+                self.limiter.throttled_for(error.retry_after, generation)
                 self.reporter.throttled()
                 continue
             except FatalApiError:
@@ -245,8 +247,13 @@ class Engine:
             self.stop_submitting()
             raise _NotSent()
 
-    async def _follow(self, task_id: str, estimated: float | None, deadline: float,
-                      first_wait: float | None = None) -> Task:
+    async def _follow(
+        self,
+        task_id: str,
+        estimated: float | None,
+        deadline: float,
+        first_wait: float | None = None,
+    ) -> Task:
         """Poll a task until its status is final; transient poll errors only delay it."""
         delays = self.timing.poll_delays(estimated, self._rng)
         if first_wait is not None:
@@ -282,8 +289,9 @@ class Engine:
         try:
             async for attempt in retrying:
                 with attempt:
-                    info = await download_image(self.client, url, self.out_dir, job.path,
-                                                size=job.size)
+                    info = await download_image(
+                        self.client, url, self.out_dir, job.path, size=job.size
+                    )
         except DownloadError as error:
             if isinstance(error, LinkExpired) or not error.retryable:
                 raise

@@ -96,9 +96,7 @@ def request_problems(request: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "size" in request and request["size"] not in SIZES:
         problems.append(("size", f"{request['size']!r} is not one of {', '.join(SIZES)}"))
     if "quality" in request and request["quality"] not in QUALITIES:
-        problems.append(
-            ("quality", f"{request['quality']!r} is not one of {', '.join(QUALITIES)}")
-        )
+        problems.append(("quality", f"{request['quality']!r} is not one of {', '.join(QUALITIES)}"))
     if "n" in request and (request["n"] != 1 or isinstance(request["n"], bool)):
         problems.append(("n", f"{request['n']!r}: the API generates exactly 1 image per task"))
     if "image_urls" in request:

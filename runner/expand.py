@@ -149,8 +149,10 @@ class _Renderer:
     def jobs(self, source: RowSource) -> Iterator[Job]:
         m = self.loaded.manifest
         axes = list(m.matrix.items())
-        combos = [dict(zip([k for k, _ in axes], values)) for values in
-                  itertools.product(*[v for _, v in axes])]
+        combos = [
+            dict(zip([k for k, _ in axes], values))
+            for values in itertools.product(*[v for _, v in axes])
+        ]
         for row in source.rows():
             for combo in combos:
                 for sample in range(m.repeat):
@@ -177,8 +179,9 @@ class _Renderer:
             raise self._error(filename[1:], where, "filename")
         return Job(job_id, row.index, sample, row.values, combo, request, filename, row.source)
 
-    def _render(self, template: jinja2.Template, context: dict[str, Any], where: str,
-                field: str) -> str:
+    def _render(
+        self, template: jinja2.Template, context: dict[str, Any], where: str, field: str
+    ) -> str:
         try:
             return template.render(context)
         except jinja2.UndefinedError as error:
@@ -186,14 +189,17 @@ class _Renderer:
         except jinja2.TemplateError as error:
             raise self._error(f"template error: {error}", where, field) from None
         except Exception as error:  # any failure inside a user's template
-            raise self._error(f"template error: {type(error).__name__}: {error}", where,
-                              field) from None
+            raise self._error(
+                f"template error: {type(error).__name__}: {error}", where, field
+            ) from None
 
-    def _render_value(self, compiled: Any, context: dict[str, Any], where: str,
-                      field: str, *, item: bool = False) -> Any:
+    def _render_value(
+        self, compiled: Any, context: dict[str, Any], where: str, field: str, *, item: bool = False
+    ) -> Any:
         if isinstance(compiled, list):
-            items = [self._render_value(part, context, where, field, item=True)
-                     for part in compiled]
+            items = [
+                self._render_value(part, context, where, field, item=True) for part in compiled
+            ]
             kept = [item for item in items if item not in (None, "")]
             return kept or None
         if isinstance(compiled, jinja2.Template):
@@ -220,7 +226,9 @@ class _Renderer:
         except jinja2.TemplateSyntaxError as error:
             raise ManifestError(
                 f"template syntax error (template line {error.lineno}): {error.message}",
-                file=str(self.loaded.path), line=self.loaded.line_of(*loc), field=".".join(loc),
+                file=str(self.loaded.path),
+                line=self.loaded.line_of(*loc),
+                field=".".join(loc),
             ) from None
 
     def _compile_file(self, path: Path) -> jinja2.Template:
@@ -307,7 +315,9 @@ class _FilenameRegistry:
                 f"{job.filename!r} is also the file name of "
                 f"{_describe(other.row, other.source, other.matrix, other.sample)}; "
                 "make the filename template unique",
-                file=str(loaded.path), line=loaded.line_of("filename"), field="filename",
+                file=str(loaded.path),
+                line=loaded.line_of("filename"),
+                field="filename",
                 where=_describe(job.row, job.source, job.matrix, job.sample),
             )
         parts = key.split("/")
@@ -315,7 +325,8 @@ class _FilenameRegistry:
         if key in self._folders or any(folder in self._files for folder in folders):
             raise ManifestError(
                 f"{job.filename!r} is both a file and a folder of another job's file",
-                file=str(loaded.path), field="filename",
+                file=str(loaded.path),
+                field="filename",
                 where=_describe(job.row, job.source, job.matrix, job.sample),
             )
         self._folders.update(folders)

@@ -159,8 +159,12 @@ class FakeEvolink:
         task_id = f"task-unified-{int(time.time())}-{next(self._ids):06d}"
         quality = str(body.get("quality") or "auto")
         task = _Task(
-            task_id, body, now, self.random.uniform(low, high),
-            self._fault(self.options.fail_rate), CREDITS.get(quality, 2.5),
+            task_id,
+            body,
+            now,
+            self.random.uniform(low, high),
+            self._fault(self.options.fail_rate),
+            CREDITS.get(quality, 2.5),
         )
         self.tasks[task_id] = task
         self.submitted.append(body)
@@ -185,7 +189,8 @@ class FakeEvolink:
             "task_info": {
                 "can_cancel": status in ("pending", "processing"),
                 "estimated_time": max(0, math.ceil(task.duration - elapsed))
-                if status != "completed" else 0,
+                if status != "completed"
+                else 0,
             },
             "type": "image",
             "usage": {
@@ -211,9 +216,11 @@ class FakeEvolink:
     def _image(self, task: _Task) -> bytes:
         cached = self._images.get(task.id)
         if cached is None:
-            cached = render_png(str(task.request.get("size") or "1:1"),
-                                task.request.get("prompt", "") + task.id,
-                                small=self.options.small_images)
+            cached = render_png(
+                str(task.request.get("size") or "1:1"),
+                task.request.get("prompt", "") + task.id,
+                small=self.options.small_images,
+            )
             self._images[task.id] = cached
         return cached
 
@@ -254,23 +261,36 @@ class FakeEvolink:
         if self.options.latency or extra:
             await anyio.sleep(self.options.latency + extra)
 
-    def _error(self, status: int, message: str | None = None, *, code: str | None = None,
-               headers: dict[str, str] | None = None) -> JSONResponse:
+    def _error(
+        self,
+        status: int,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
         default_code, kind = ERROR_TYPES.get(status, ("error", "api_error"))
-        body = {"error": {"code": code or default_code,
-                          "message": message or f"fake error {status}", "type": kind}}
+        body = {
+            "error": {
+                "code": code or default_code,
+                "message": message or f"fake error {status}",
+                "type": kind,
+            }
+        }
         return JSONResponse(body, status_code=status, headers=headers)
 
 
 def create_app(options: FakeOptions | None = None) -> Starlette:
     """The fake server as an ASGI app; ``app.state.fake`` holds its state."""
     fake = FakeEvolink(options)
-    app = Starlette(routes=[
-        Route(GENERATIONS_PATH, fake.submit, methods=["POST"]),
-        Route("/v1/tasks/{task_id}", fake.get_task, methods=["GET"]),
-        Route("/files/{task_id}", fake.download, methods=["GET"]),
-        Route("/_fake/stats", fake.stats, methods=["GET"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route(GENERATIONS_PATH, fake.submit, methods=["POST"]),
+            Route("/v1/tasks/{task_id}", fake.get_task, methods=["GET"]),
+            Route("/files/{task_id}", fake.download, methods=["GET"]),
+            Route("/_fake/stats", fake.stats, methods=["GET"]),
+        ]
+    )
     app.state.fake = fake
     return app
 
@@ -285,10 +305,12 @@ def render_png(size: str, seed_text: str, *, small: bool = False) -> bytes:
     digest = hashlib.sha256(seed_text.encode()).digest()
     image = Image.new("RGB", (width, height), tuple(digest[:3]))
     draw = ImageDraw.Draw(image)
-    draw.rectangle((width // 4, height // 4, 3 * width // 4, 3 * height // 4),
-                   fill=tuple(digest[3:6]))
-    draw.ellipse((width // 3, height // 3, 2 * width // 3, 2 * height // 3),
-                 fill=tuple(digest[6:9]))
+    draw.rectangle(
+        (width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=tuple(digest[3:6])
+    )
+    draw.ellipse(
+        (width // 3, height // 3, 2 * width // 3, 2 * height // 3), fill=tuple(digest[6:9])
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

@@ -155,7 +155,8 @@ class Journal:
     def mark_submitting(self, job_id: str) -> None:
         """Written before the request goes out: a crash now means 'maybe sent'."""
         self._db.execute(
-            """INSERT INTO jobs(job_id, state, attempts, submitted_at) VALUES (?, 'submitting', 1, ?)
+            """INSERT INTO jobs(job_id, state, attempts, submitted_at)
+               VALUES (?, 'submitting', 1, ?)
                ON CONFLICT(job_id) DO UPDATE SET state='submitting', attempts=attempts+1,
                task_id=NULL, result_url=NULL, submitted_at=excluded.submitted_at,
                finished_at=NULL, error=NULL, error_code=NULL""",
@@ -188,8 +189,16 @@ class Journal:
         self._db.execute(
             """UPDATE jobs SET state='completed', completed_at=?, error=NULL, error_code=NULL,
                file=?, sha256=?, width=?, height=?, bytes=?, media_type=? WHERE job_id=?""",
-            (time.time(), info.path, info.sha256, info.width, info.height, info.bytes,
-             info.media_type, job_id),
+            (
+                time.time(),
+                info.path,
+                info.sha256,
+                info.width,
+                info.height,
+                info.bytes,
+                info.media_type,
+                job_id,
+            ),
         )
 
     def mark_failed(self, job_id: str, error: str, code: str | int | None = None) -> None:
@@ -242,8 +251,10 @@ def read_states(out_dir: Path) -> dict[str, str] | None:
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {str(job_id): str(state) for job_id, state in db.execute(
-            "SELECT job_id, state FROM jobs")}
+        return {
+            str(job_id): str(state)
+            for job_id, state in db.execute("SELECT job_id, state FROM jobs")
+        }
     except sqlite3.Error:
         return None
     finally:

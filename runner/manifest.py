@@ -62,15 +62,17 @@ class Manifest(_Strict):
         default_factory=dict, description="Cartesian product with every row."
     )
     repeat: int = Field(1, ge=1, le=10000, description="Samples per combination.")
-    template: str | None = Field(None, description="Prompt template file, relative to the manifest.")
+    template: str | None = Field(
+        None, description="Prompt template file, relative to the manifest."
+    )
     prompt: str | None = Field(None, description="Inline prompt template.")
-    request: Request = Field(default_factory=Request)
+    request: Request = Field(default_factory=lambda: Request())
     filename: str = Field(DEFAULT_FILENAME, description="Image path under images/ (a template).")
     output: str | None = Field(None, description="Output dir, relative to the current dir.")
     pricing: dict[Literal["low", "medium", "high", "auto"], float] | None = Field(
         None, description="Credits per image by quality, for estimates."
     )
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(default_factory=lambda: Limits())
 
     @field_validator("name")
     @classmethod
@@ -106,7 +108,7 @@ class Manifest(_Strict):
         return value
 
     def price_table(self) -> dict[str, float]:
-        return {**DEFAULT_PRICING, **(self.pricing or {})}
+        return {**DEFAULT_PRICING, **{str(k): v for k, v in (self.pricing or {}).items()}}
 
 
 assert set(DEFAULT_PRICING) == set(QUALITIES)
@@ -232,7 +234,7 @@ class _StrictLoader(yaml.SafeLoader):
 def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -243,14 +245,14 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode)
 
 _StrictLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _mapping_without_duplicates,  # type: ignore[arg-type]
+    _mapping_without_duplicates,
 )
 
 
 def _parse_yaml(text: str, shown: str) -> tuple[Any, _LineIndex]:
     try:
         root = yaml.compose(text, Loader=_StrictLoader)
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None

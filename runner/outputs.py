@@ -20,9 +20,25 @@ from .expand import Job, Plan
 from .journal import JobRecord, iso
 
 RESULT_COLUMNS = (
-    "job_id", "row", "sample", "prompt", "size", "quality", "status", "task_id", "attempts",
-    "error", "credits", "submitted_at", "completed_at", "duration_s", "file", "sha256",
-    "width", "height", "bytes",
+    "job_id",
+    "row",
+    "sample",
+    "prompt",
+    "size",
+    "quality",
+    "status",
+    "task_id",
+    "attempts",
+    "error",
+    "credits",
+    "submitted_at",
+    "completed_at",
+    "duration_s",
+    "file",
+    "sha256",
+    "width",
+    "height",
+    "bytes",
 )
 INT_COLUMNS = ("row", "sample", "attempts", "width", "height", "bytes")
 FLOAT_COLUMNS = ("credits", "duration_s")
@@ -45,15 +61,16 @@ def job_status(record: JobRecord | None) -> str:
     return "pending"
 
 
-def results_frame(plan: Plan, records: Mapping[str, JobRecord],
-                  jobs: Sequence[Job] | None = None) -> pd.DataFrame:
+def results_frame(
+    plan: Plan, records: Mapping[str, JobRecord], jobs: Sequence[Job] | None = None
+) -> pd.DataFrame:
     """One row per job, in plan order, typed (numbers as numbers, times as timestamps)."""
     names = input_column_names(plan)
     rows = [_result_row(job, records.get(job.job_id), names) for job in (jobs or plan.jobs)]
     order = [*RESULT_COLUMNS[:3], *names.values(), *RESULT_COLUMNS[3:]]
     frame = pd.DataFrame(rows, columns=order)
     for column in INT_COLUMNS:
-        frame[column] = pd.array(frame[column], dtype="Int64")
+        frame[column] = frame[column].astype("Int64")
     for column in FLOAT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column]).astype("Float64")
     for column in TIME_COLUMNS:
@@ -65,26 +82,42 @@ def results_frame(plan: Plan, records: Mapping[str, JobRecord],
 
 def _result_row(job: Job, record: JobRecord | None, names: Mapping[str, str]) -> dict[str, Any]:
     status = job_status(record)
-    done = status == "completed" and record is not None
     row: dict[str, Any] = {
-        "job_id": job.job_id, "row": job.row, "sample": job.sample,
-        "prompt": job.prompt, "size": job.size, "quality": job.quality, "status": status,
+        "job_id": job.job_id,
+        "row": job.row,
+        "sample": job.sample,
+        "prompt": job.prompt,
+        "size": job.size,
+        "quality": job.quality,
+        "status": status,
         "task_id": record.task_id if record else None,
         "attempts": record.attempts if record else 0,
         "error": record.error if record and status == "failed" else None,
         "credits": record.credits if record else None,
         "submitted_at": record.submitted_at if record else None,
-        "completed_at": record.completed_at if done else None,
-        "duration_s": _duration(record) if done else None,
-        "file": record.file if done else None,
-        "sha256": record.sha256 if done else None,
-        "width": record.width if done else None,
-        "height": record.height if done else None,
-        "bytes": record.bytes if done else None,
+        **_file_fields(record if status == "completed" else None),
     }
     for key, value in {**job.columns, **job.matrix}.items():
         row[names[key]] = value
     return row
+
+
+def _file_fields(record: JobRecord | None) -> dict[str, Any]:
+    """The columns only a completed job has (empty otherwise)."""
+    if record is None:
+        return dict.fromkeys(_FILE_COLUMNS)
+    return {
+        "completed_at": record.completed_at,
+        "duration_s": _duration(record),
+        "file": record.file,
+        "sha256": record.sha256,
+        "width": record.width,
+        "height": record.height,
+        "bytes": record.bytes,
+    }
+
+
+_FILE_COLUMNS = ("completed_at", "duration_s", "file", "sha256", "width", "height", "bytes")
 
 
 def _duration(record: JobRecord) -> float | None:
@@ -99,18 +132,27 @@ def _uniform(series: pd.Series) -> pd.Series:
     kinds = {type(v) for v in series if v is not None and not (isinstance(v, float) and pd.isna(v))}
     if len(kinds) <= 1 and not (kinds & {list, dict}):
         return series
-    return series.map(lambda v: None if v is None else
-                      (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)))
+    return series.map(
+        lambda v: (
+            None
+            if v is None
+            else (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v))
+        )
+    )
 
 
-def write_outputs(out_dir: Path, plan: Plan, records: Mapping[str, JobRecord],
-                  run_info: dict[str, Any]) -> pd.DataFrame:
+def write_outputs(
+    out_dir: Path, plan: Plan, records: Mapping[str, JobRecord], run_info: dict[str, Any]
+) -> pd.DataFrame:
     """Write every output for the plan's jobs; returns the results table."""
     frame = results_frame(plan, records)
     write_if_changed(out_dir / "results.csv", _csv_bytes(frame))
     write_if_changed(out_dir / "results.parquet", _parquet_bytes(frame))
-    completed = [(job, records[job.job_id]) for job in plan.jobs
-                 if job_status(records.get(job.job_id)) == "completed"]
+    completed = [
+        (job, records[job.job_id])
+        for job in plan.jobs
+        if job_status(records.get(job.job_id)) == "completed"
+    ]
     write_if_changed(out_dir / "files.json", _json_bytes(_files_manifest(completed)))
     write_if_changed(out_dir / "metadata.jsonl", _metadata_bytes(frame))
     write_if_changed(out_dir / "run.json", _json_bytes(run_info))
@@ -135,9 +177,14 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
 def _files_manifest(completed: Sequence[tuple[Job, JobRecord]]) -> list[dict[str, Any]]:
     return [
         {
-            "job_id": job.job_id, "path": record.file, "sha256": record.sha256,
-            "bytes": record.bytes, "width": record.width, "height": record.height,
-            "media_type": record.media_type, "task_id": record.task_id,
+            "job_id": job.job_id,
+            "path": record.file,
+            "sha256": record.sha256,
+            "bytes": record.bytes,
+            "width": record.width,
+            "height": record.height,
+            "media_type": record.media_type,
+            "task_id": record.task_id,
             "source_url": record.result_url,
         }
         for job, record in completed

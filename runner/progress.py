@@ -112,14 +112,17 @@ class BarReporter(Reporter):
 
     def refresh(self) -> None:
         t = self.tally
-        detail = (f"queued {t.queued} · in flight {t.in_flight} · done {t.completed} · "
-                  f"failed {t.failed} · retries {t.retries}")
+        detail = (
+            f"queued {t.queued} · in flight {t.in_flight} · done {t.completed} · "
+            f"failed {t.failed} · retries {t.retries}"
+        )
         self._progress.update(self._task, total=t.total, completed=t.finished, detail=detail)
 
     def failed(self, job: Any, error: str) -> None:
         super().failed(job, error)
-        self._progress.console.print(f"[red]failed[/] {job.job_id} (row {job.row}): {error}",
-                                     markup=True, highlight=False)
+        self._progress.console.print(
+            f"[red]failed[/] {job.job_id} (row {job.row}): {error}", markup=True, highlight=False
+        )
 
     def close(self) -> None:
         self._progress.stop()
@@ -149,9 +152,11 @@ class LogReporter(Reporter):
 
     def _status(self) -> None:
         t = self.tally
-        _log(f"{t.finished}/{t.total} done: completed {t.completed + t.already_done}, "
-             f"failed {t.failed}, in flight {t.in_flight}, queued {t.queued}, "
-             f"retries {t.retries}")
+        _log(
+            f"{t.finished}/{t.total} done: completed {t.completed + t.already_done}, "
+            f"failed {t.failed}, in flight {t.in_flight}, queued {t.queued}, "
+            f"retries {t.retries}"
+        )
 
 
 def make_reporter(console: Console | None = None) -> Reporter:

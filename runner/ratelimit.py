@@ -1,5 +1,5 @@
 """Submission pacing: a fixed rate when the manifest gives one, else the rate the API
-accepts, found by additive increase / multiplicative decrease on 429."""
+accepts, found by multiplicative increase / decrease on 429."""
 
 from __future__ import annotations
 
@@ -14,37 +14,49 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class RateLimiter:
-    """Spaces submissions ``1/rate`` apart; pauses everyone after a 429's Retry-After."""
+    """Spaces submissions ``1/rate`` apart; pauses everyone after a 429's Retry-After.
+
+    Each 429 opens a new generation: waiters that reserved a turn under the old rate
+    reserve again under the new one, and only a request of the current generation can
+    lower the rate again (one decrease per episode, not one per request in flight).
+    """
 
     MIN_RATE = 0.2  # submissions per second, the floor of the adaptive rate
     WINDOW = 2.0  # seconds of accepted submissions that estimate the API's rate
     INCREASE = 1.01  # per accepted submission, while adapting
-    DECREASE = 0.7  # per 429, while adapting
+    DECREASE = 0.7  # per 429 episode, while adapting
 
-    def __init__(self, rate: float | None = None, *, clock: Clock = time.monotonic,
-                 sleep: Sleep = anyio.sleep) -> None:
+    def __init__(
+        self,
+        rate: float | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
         self.fixed = rate is not None
         self.rate: float | None = rate  # None: not limited (yet)
         self._clock = clock
         self._sleep = sleep
         self._next = 0.0  # earliest time of the next submission
         self._paused_until = 0.0
+        self._generation = 0
         self._accepted: deque[float] = deque()
         self.throttled = 0
 
-    async def acquire(self) -> None:
-        """Wait for this submission's turn."""
+    async def acquire(self) -> int:
+        """Wait for this submission's turn; returns the generation it was paced under."""
         while True:
+            generation = self._generation
             now = self._clock()
             start = max(now, self._paused_until)
             if self.rate is not None:
                 start = max(start, self._next)
                 self._next = start + 1.0 / self.rate
             if start <= now:
-                return
+                return generation
             await self._sleep(start - now)
-            if self._clock() >= self._paused_until:
-                return
+            if generation == self._generation and self._clock() >= self._paused_until:
+                return generation
 
     def accepted(self) -> None:
         """A submission went through: remember it, and probe a little higher."""
@@ -55,13 +67,16 @@ class RateLimiter:
         if not self.fixed and self.rate is not None:
             self.rate *= self.INCREASE
 
-    def throttled_for(self, retry_after: float | None) -> None:
-        """The API said 429: pause everyone for Retry-After, and lower the adaptive rate."""
+    def throttled_for(self, retry_after: float | None, generation: int | None = None) -> None:
+        """The API said 429: pause everyone for Retry-After; lower the adaptive rate if
+        the request was paced under the current rate."""
         self.throttled += 1
-        now = self._clock()
         pause = retry_after if retry_after is not None else 1.0
-        self._paused_until = max(self._paused_until, now + pause)
-        self._next = max(self._next, self._paused_until)
+        self._paused_until = max(self._paused_until, self._clock() + pause)
+        if generation is not None and generation != self._generation:
+            return  # paced under a rate already lowered
+        self._generation += 1
+        self._next = self._paused_until  # everyone reserves again under the new rate
         if self.fixed:
             return
         if self.rate is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,10 @@ def open_rows(loaded: LoadedManifest) -> RowSource:
     spec = loaded.manifest.rows
     if isinstance(spec, str):
         path = resolve_input(loaded, spec, "rows")
-        columns, rows = _read_csv(path, loaded)
+        header, rows = _read_csv(path, loaded)
         next(rows, None)  # reads the first data row: an empty CSV fails here
         rows.close()
-        return RowSource(loaded, columns, path)
+        return RowSource(loaded, header, path)
     columns: list[str] = []
     for row in spec or []:
         columns.extend(key for key in row if key not in columns)
@@ -74,7 +74,7 @@ def resolve_input(loaded: LoadedManifest, relative: str, key: str) -> Path:
     return path
 
 
-def _read_csv(path: Path, loaded: LoadedManifest) -> tuple[tuple[str, ...], Iterator[Row]]:
+def _read_csv(path: Path, loaded: LoadedManifest) -> tuple[tuple[str, ...], Generator[Row]]:
     shown = str(path)
     handle = _open_text(path)
     try:
@@ -123,7 +123,7 @@ def _check_header(columns: tuple[str, ...], shown: str, loaded: LoadedManifest) 
 
 def _data_rows(
     reader: Any, handle: io.TextIOWrapper, columns: tuple[str, ...], shown: str
-) -> Iterator[Row]:
+) -> Generator[Row]:
     index = 0
     with handle:
         while True:

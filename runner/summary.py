@@ -30,9 +30,16 @@ def plan_summary(plan: Plan, out_dir: Path | None = None) -> dict[str, Any]:
         "columns": list(plan.columns),
         "matrix": {k: list(v) for k, v in plan.loaded.manifest.matrix.items()},
         "first_prompts": [
-            {"job_id": job.job_id, "row": job.row, "sample": job.sample,
-             "matrix": dict(job.matrix), "prompt": job.prompt, "size": job.size,
-             "quality": job.quality, "file": job.path}
+            {
+                "job_id": job.job_id,
+                "row": job.row,
+                "sample": job.sample,
+                "matrix": dict(job.matrix),
+                "prompt": job.prompt,
+                "size": job.size,
+                "quality": job.quality,
+                "file": job.path,
+            }
             for job in plan.jobs[:FIRST_PROMPTS]
         ],
         "job_ids": [job.job_id for job in plan.jobs],
@@ -45,7 +52,9 @@ def plan_summary(plan: Plan, out_dir: Path | None = None) -> dict[str, Any]:
             done = sum(1 for j in wanted if states.get(j) == "completed")
             failed = sum(1 for j in wanted if states.get(j) == "failed")
             summary["existing"] = {
-                "done": done, "failed": failed, "to_run": len(wanted) - done - failed,
+                "done": done,
+                "failed": failed,
+                "to_run": len(wanted) - done - failed,
                 "dropped": sum(1 for j in states if j not in wanted),
             }
     return summary
@@ -65,8 +74,10 @@ def print_plan(console: Console, summary: dict[str, Any]) -> None:
     console.print(table)
     for item in summary["first_prompts"]:
         matrix = " ".join(f"{k}={v}" for k, v in item["matrix"].items())
-        console.print(f"[dim]{item['job_id']} row {item['row']} sample {item['sample']} "
-                      f"{matrix} {item['size'] or ''} {item['quality'] or ''}[/]")
+        console.print(
+            f"[dim]{item['job_id']} row {item['row']} sample {item['sample']} "
+            f"{matrix} {item['size'] or ''} {item['quality'] or ''}[/]"
+        )
         console.print(f"  {item['prompt']}", markup=False)
 
 
@@ -79,10 +90,15 @@ def print_run_summary(console: Console, out_dir: Path) -> None:
     table.add_row("completed", f"[green]{totals['completed']}[/]")
     table.add_row("failed", f"[red]{totals['failed']}[/]" if totals["failed"] else "0")
     table.add_row("pending", str(totals["pending"]))
-    table.add_row("this run", f"{latest['submissions']} submitted, {latest['retries']} retries, "
-                  f"{latest['duration_s']:.1f} s ({latest['outcome']})")
-    table.add_row("credits reserved", f"{totals['credits_reserved']:g} "
-                  f"(estimate for all jobs: {totals['estimated_credits']:g})")
+    table.add_row(
+        "this run",
+        f"{latest['submissions']} submitted, {latest['retries']} retries, "
+        f"{latest['duration_s']:.1f} s ({latest['outcome']})",
+    )
+    table.add_row(
+        "credits reserved",
+        f"{totals['credits_reserved']:g} (estimate for all jobs: {totals['estimated_credits']:g})",
+    )
     table.add_row("outputs", str(out_dir))
     console.print(table)
 

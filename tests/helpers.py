@@ -38,9 +38,13 @@ class FakeApi:
     def run(self, manifest: Path, out: Path, **run_options: Any) -> Outcome:
         run_options.setdefault("timing", FAST)
         run_options.setdefault("api_key", API_KEY)
-        options = RunOptions(out=out, base_url="http://fake.test",
-                             transport=httpx.ASGITransport(app=self.app),
-                             handle_signals=False, **run_options)
+        options = RunOptions(
+            out=out,
+            base_url="http://fake.test",
+            transport=httpx.ASGITransport(app=self.app),
+            handle_signals=False,
+            **run_options,
+        )
         plan = plan_file(manifest)
         try:
             frame = anyio.run(run_plan, plan, options)
@@ -51,7 +55,8 @@ class FakeApi:
 
 def write_manifest(folder: Path, rows: int, *, repeat: int = 1, extra: str = "") -> Path:
     (folder / "rows.csv").write_text(
-        "name\n" + "".join(f"thing {i}\n" for i in range(rows)), encoding="utf-8")
+        "name\n" + "".join(f"thing {i}\n" for i in range(rows)), encoding="utf-8"
+    )
     path = folder / "m.yaml"
     path.write_text(
         "version: 1\nname: faults\nrows: rows.csv\n"

@@ -21,9 +21,21 @@ pytestmark = pytest.mark.slow
 def start_run(manifest: Path, url: str, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "EVOLINK_API_KEY": API_KEY}
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", "run", str(manifest), "--base-url", url,
-         "--out", str(manifest.parent / "out"), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "run",
+            str(manifest),
+            "--base-url",
+            url,
+            "--out",
+            str(manifest.parent / "out"),
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -99,16 +111,32 @@ def test_rejected_key_exits_3_without_echoing_the_key(tmp_path, loopback):
 def test_missing_key_is_a_clear_error_naming_the_variable(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "EVOLINK_API_KEY"}
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "run", str(write_manifest(tmp_path, 2)),
-         "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "run",
+            str(write_manifest(tmp_path, 2)),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "EVOLINK_API_KEY" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_some_failed_jobs_exit_1(tmp_path, loopback):
-    server = loopback(task_seconds=(0.05, 0.1), fail_rate=1.0,
-                      fail_code="content_policy_violation", small_images=True)
+    server = loopback(
+        task_seconds=(0.05, 0.1),
+        fail_rate=1.0,
+        fail_code="content_policy_violation",
+        small_images=True,
+    )
     code, stderr = finish(start_run(write_manifest(tmp_path, 3), server.url))
     assert code == 1, stderr
     assert "content_policy_violation" in stderr

@@ -20,11 +20,9 @@ def client_serving(body: bytes, status: int = 200) -> EvolinkClient:
 async def test_a_whole_png_is_verified_hashed_and_placed(tmp_path):
     png = render_png("2:3", "x", small=True)
     async with client_serving(png) as client:
-        info = await download_image(client, "https://cdn/x", tmp_path, "images/a/b.png",
-                                    size="2:3")
+        info = await download_image(client, "https://cdn/x", tmp_path, "images/a/b.png", size="2:3")
     assert (tmp_path / "images/a/b.png").read_bytes() == png
-    assert (info.width, info.height, info.bytes, info.media_type) == (64, 96, len(png),
-                                                                      "image/png")
+    assert (info.width, info.height, info.bytes, info.media_type) == (64, 96, len(png), "image/png")
 
 
 @pytest.mark.anyio
@@ -55,8 +53,7 @@ async def test_a_gone_link_is_link_expired(tmp_path):
 async def test_oversized_downloads_are_cut_off(tmp_path):
     async with client_serving(render_png("1:1", "x")) as client:
         with pytest.raises(DownloadError, match="cap"):
-            await download_image(client, "https://cdn/x", tmp_path, "images/x.png",
-                                 max_bytes=100)
+            await download_image(client, "https://cdn/x", tmp_path, "images/x.png", max_bytes=100)
 
 
 def test_partial_files_of_a_killed_run_are_removed(tmp_path):

@@ -22,12 +22,20 @@ STYLES = ["studio", "outdoor", "neon"]
 def tricky_rows(count: int = 25) -> list[dict[str, str]]:
     rows = []
     for i in range(count):
-        rows.append({
-            "sku": f"{i:03d}",
-            "name": ["Café «Ωmega», 500 ml", 'The "Big" one', "Multi\nline name", "NA",
-                     "コーヒー"][i % 5] + f" #{i}",
-            "aspect": ["1:1", "2:3", "3:2"][i % 3],
-        })
+        rows.append(
+            {
+                "sku": f"{i:03d}",
+                "name": [
+                    "Café «Ωmega», 500 ml",
+                    'The "Big" one',
+                    "Multi\nline name",
+                    "NA",
+                    "コーヒー",
+                ][i % 5]
+                + f" #{i}",
+                "aspect": ["1:1", "2:3", "3:2"][i % 3],
+            }
+        )
     return rows
 
 
@@ -51,12 +59,16 @@ def batch(tmp_path: Path) -> Path:
 
 def expected_prompts() -> dict[tuple[str, str], str]:
     env = SandboxedEnvironment()
-    template = env.from_string("A {{ style }} photo of {{ name }} (sku {{ sku }}), "
-                               "take {{ sample }}.\n")
+    template = env.from_string(
+        "A {{ style }} photo of {{ name }} (sku {{ sku }}), take {{ sample }}.\n"
+    )
     return {
-        (row["sku"], f"{style}-{sample}"): template.render(**row, style=style,
-                                                           sample=sample).strip()
-        for row in tricky_rows() for style in STYLES for sample in range(2)
+        (row["sku"], f"{style}-{sample}"): template.render(
+            **row, style=style, sample=sample
+        ).strip()
+        for row in tricky_rows()
+        for style in STYLES
+        for sample in range(2)
     }
 
 
@@ -75,7 +87,8 @@ def test_validate_and_plan_count_150_jobs_with_stable_ids(batch, monkeypatch):
 
 
 def test_run_completes_every_job_with_verified_files_and_rerun_sends_nothing(
-        batch, monkeypatch, loopback):
+    batch, monkeypatch, loopback
+):
     server = loopback(task_seconds=(0.05, 0.3), small_images=True)
     monkeypatch.chdir(batch.parent)
     monkeypatch.setenv("EVOLINK_API_KEY", "sk-e2e")
@@ -105,8 +118,14 @@ def test_run_completes_every_job_with_verified_files_and_rerun_sends_nothing(
     assert sent == wanted
     assert len(server.fake.submitted) == 150
 
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "run.json"
-              and not p.name.startswith("state.sqlite") and p.name != ".runner.lock"}
+    before = {
+        p: p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file()
+        and p.name != "run.json"
+        and not p.name.startswith("state.sqlite")
+        and p.name != ".runner.lock"
+    }
     again = CliRunner().invoke(app, ["run", "m.yaml", "--base-url", server.url])
     assert again.exit_code == 0, again.stderr
     assert server.fake.counts["submissions"] == 150

@@ -24,14 +24,24 @@ def client_for(handler) -> EvolinkClient:
 
 def error(status: int, code, headers=None):
     return lambda request: httpx.Response(
-        status, json={"error": {"code": code, "message": f"m {KEY}", "type": "t"}},
-        headers=headers)
+        status, json={"error": {"code": code, "message": f"m {KEY}", "type": "t"}}, headers=headers
+    )
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("status", "kind"), [
-    (400, BadRequest), (401, FatalApiError), (402, FatalApiError), (403, FatalApiError),
-    (429, RateLimited), (500, ServerError), (502, ServerError), (503, ServerError)])
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, BadRequest),
+        (401, FatalApiError),
+        (402, FatalApiError),
+        (403, FatalApiError),
+        (429, RateLimited),
+        (500, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+    ],
+)
 async def test_error_statuses_map_to_the_exception_tree(status, kind):
     async with client_for(error(status, "some_code")) as client:
         with pytest.raises(kind) as caught:
@@ -84,11 +94,22 @@ async def test_key_goes_to_the_api_host_only():
 
 
 def test_task_parsing_reads_results_errors_and_estimates():
-    task = Task.from_json({"id": "t", "status": "failed", "task_info": {"estimated_time": 12},
-                           "error": {"code": "service_error", "message": "x"},
-                           "usage": {"credits_reserved": 2.5}})
-    assert (task.is_final, task.succeeded, task.error_code, task.estimated_time,
-            task.credits) == (True, False, "service_error", 12.0, 2.5)
+    task = Task.from_json(
+        {
+            "id": "t",
+            "status": "failed",
+            "task_info": {"estimated_time": 12},
+            "error": {"code": "service_error", "message": "x"},
+            "usage": {"credits_reserved": 2.5},
+        }
+    )
+    assert (task.is_final, task.succeeded, task.error_code, task.estimated_time, task.credits) == (
+        True,
+        False,
+        "service_error",
+        12.0,
+        2.5,
+    )
     assert Task.from_json({"id": "t", "status": "cancelled"}).is_final
     assert not Task.from_json({"id": "t", "status": "processing"}).is_final
 
@@ -100,7 +121,17 @@ def test_retry_after_accepts_seconds_and_http_dates():
 
 
 def test_a_valid_request_has_no_problems():
-    assert request_problems({"model": "gpt-image-1.5-beta", "prompt": "p", "size": "2:3",
-                             "quality": "high", "n": 1,
-                             "image_urls": ["https://e.com/a.png"],
-                             "callback_url": "https://hooks.example.com/x"}) == []
+    assert (
+        request_problems(
+            {
+                "model": "gpt-image-1.5-beta",
+                "prompt": "p",
+                "size": "2:3",
+                "quality": "high",
+                "n": 1,
+                "image_urls": ["https://e.com/a.png"],
+                "callback_url": "https://hooks.example.com/x",
+            }
+        )
+        == []
+    )

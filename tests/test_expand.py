@@ -13,16 +13,23 @@ def plan_of(write, text: str, **files: str):
 
 
 def test_jobs_are_rows_times_matrix_times_repeat_in_stable_order(write):
-    plan = plan_of(write, """
+    plan = plan_of(
+        write,
+        """
         version: 1
         rows: [{a: x}, {a: y}]
         matrix: {s: [1, 2, 3]}
         repeat: 2
         prompt: "{{ a }} {{ s }} {{ sample }} {{ row }}"
-        """)
+        """,
+    )
     assert len(plan.jobs) == 12
     assert [(j.row, j.matrix["s"], j.sample) for j in plan.jobs[:4]] == [
-        (0, 1, 0), (0, 1, 1), (0, 2, 0), (0, 2, 1)]
+        (0, 1, 0),
+        (0, 1, 1),
+        (0, 2, 0),
+        (0, 2, 1),
+    ]
     assert plan.jobs[-1].prompt == "y 3 1 1"
 
 
@@ -42,18 +49,22 @@ def test_utf8_bom_and_quoted_newlines_are_read(write):
 
 
 def test_row_columns_override_vars(write):
-    plan = plan_of(write, "version: 1\nvars: {a: var}\nrows: [{a: col}, {b: 1}]\n"
-                          "prompt: '{{ a }}'\n")
+    plan = plan_of(
+        write, "version: 1\nvars: {a: var}\nrows: [{a: col}, {b: 1}]\nprompt: '{{ a }}'\n"
+    )
     assert [j.prompt for j in plan.jobs] == ["col", "var"]
 
 
 def test_empty_request_fields_are_left_out_and_empty_urls_dropped(write):
-    plan = plan_of(write, """
+    plan = plan_of(
+        write,
+        """
         version: 1
         rows: [{u: "", s: ""}, {u: "https://e.com/a.png", s: "2:3"}]
         prompt: p{{ row }}
         request: {size: "{{ s }}", image_urls: ["{{ u }}", "https://e.com/b.png"]}
-        """)
+        """,
+    )
     assert "size" not in plan.jobs[0].request
     assert plan.jobs[0].request["image_urls"] == ["https://e.com/b.png"]
     assert plan.jobs[1].request["image_urls"] == ["https://e.com/a.png", "https://e.com/b.png"]
@@ -106,13 +117,15 @@ def test_template_file_is_relative_to_the_manifest_and_may_include(write):
 
 def test_error_names_the_row_and_matrix_values(write):
     with pytest.raises(ManifestError) as caught:
-        plan_of(write, "version: 1\nrows: [{a: 1}, {b: 2}]\nmatrix: {m: [q]}\n"
-                       "prompt: '{{ a }}'\n")
+        plan_of(write, "version: 1\nrows: [{a: 1}, {b: 2}]\nmatrix: {m: [q]}\nprompt: '{{ a }}'\n")
     assert "row 1" in str(caught.value) and "m=q" in str(caught.value)
     assert "undefined variable 'a'" in str(caught.value)
 
 
 def test_estimated_credits_follow_the_price_table(write):
-    plan = plan_of(write, "version: 1\nrows: [{q: low}, {q: high}, {q: ''}]\nprompt: p{{ row }}\n"
-                          "request: {quality: '{{ q }}'}\npricing: {high: 10}\n")
+    plan = plan_of(
+        write,
+        "version: 1\nrows: [{q: low}, {q: high}, {q: ''}]\nprompt: p{{ row }}\n"
+        "request: {quality: '{{ q }}'}\npricing: {high: 10}\n",
+    )
     assert plan.estimated_credits() == 1 + 10 + 2.5

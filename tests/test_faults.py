@@ -32,10 +32,10 @@ def assert_nothing_lost(outcome, *, unsent_ok: bool = False) -> None:
 
 
 def test_every_job_completes_or_fails_with_its_error_under_many_faults(tmp_path):
-    api = FakeApi(fail_rate=0.15, error_rate=0.15, truncate_rate=0.2, rate_limit=200.0,
-                  burst=5)
-    outcome = api.run(write_manifest(tmp_path, 100), tmp_path / "out",
-                      concurrency=20, max_attempts=4)
+    api = FakeApi(fail_rate=0.15, error_rate=0.15, truncate_rate=0.2, rate_limit=50.0, burst=5)
+    outcome = api.run(
+        write_manifest(tmp_path, 100), tmp_path / "out", concurrency=20, max_attempts=4
+    )
     assert outcome.error is None
     assert_nothing_lost(outcome)
     assert (outcome.frame["status"] == "completed").sum() >= 97
@@ -62,14 +62,16 @@ def test_retryable_task_failure_is_resubmitted_up_to_max_attempts(tmp_path):
 
 def test_throttling_does_not_use_up_attempts(tmp_path):
     api = FakeApi(rate_limit=40.0, burst=1)
-    outcome = api.run(write_manifest(tmp_path, 20), tmp_path / "out", concurrency=20,
-                      max_attempts=1)
+    outcome = api.run(
+        write_manifest(tmp_path, 20), tmp_path / "out", concurrency=20, max_attempts=1
+    )
     assert api.fake.counts["submit_429"] > 0
     assert (outcome.frame["status"] == "completed").all()
 
 
-@pytest.mark.parametrize("refusal", [{"api_key": "sk-the-right-one"}, {"refuse_status": 402},
-                                     {"refuse_status": 403}])
+@pytest.mark.parametrize(
+    "refusal", [{"api_key": "sk-the-right-one"}, {"refuse_status": 402}, {"refuse_status": 403}]
+)
 def test_refused_key_or_quota_stops_after_one_submission(tmp_path, refusal):
     api = FakeApi(**refusal)
     outcome = api.run(write_manifest(tmp_path, 30), tmp_path / "out", concurrency=10)
@@ -158,8 +160,9 @@ def test_failed_jobs_rerun_only_with_retry_failed(tmp_path):
 
 def test_task_without_final_status_in_time_fails_with_timeout(tmp_path):
     api = FakeApi(task_seconds=(30, 30))
-    outcome = api.run(write_manifest(tmp_path, 2), tmp_path / "out", task_timeout=0.1,
-                      max_attempts=1)
+    outcome = api.run(
+        write_manifest(tmp_path, 2), tmp_path / "out", task_timeout=0.1, max_attempts=1
+    )
     assert set(outcome.frame["status"]) == {"failed"}
     assert outcome.frame["error"].str.contains("no final status").all()
 

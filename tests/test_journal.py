@@ -17,7 +17,11 @@ def test_a_job_is_submitting_before_its_task_id_is_known(tmp_path):
     with Journal.open(tmp_path) as reopened:  # as after a crash
         record = reopened.get("j1")
     assert (record.state, record.task_id, record.attempts, record.credits_total) == (
-        "submitted", "task-1", 1, 2.5)
+        "submitted",
+        "task-1",
+        1,
+        2.5,
+    )
 
 
 def test_a_refused_submission_gives_its_attempt_back(tmp_path):
@@ -35,7 +39,11 @@ def test_completion_records_the_verified_file(tmp_path):
         journal.mark_completed("j1", FileInfo("images/x.png", "ab", 3, 4, 5, "image/png"))
         record = journal.get("j1")
     assert (record.state, record.file, record.width, record.result_url) == (
-        "completed", "images/x.png", 4, "https://cdn/x.png")
+        "completed",
+        "images/x.png",
+        4,
+        "https://cdn/x.png",
+    )
 
 
 def test_a_dir_belongs_to_one_manifest_name(tmp_path):

@@ -51,5 +51,6 @@ def test_results_parquet_has_real_types_and_metadata_points_at_the_images(tmp_pa
     assert str(schema.field("completed_at").type).startswith("timestamp")
     lines = (out / "metadata.jsonl").read_text().splitlines()
     import json
+
     names = [json.loads(line)["file_name"] for line in lines]
     assert len(names) == 3 and all((out / name).is_file() for name in names)

@@ -36,11 +36,14 @@ async def test_retry_after_pauses_every_submission():
     assert clock.now >= 102.0
 
 
-def test_adaptive_rate_starts_from_retry_after_and_backs_off_on_each_429():
-    limiter = RateLimiter(None)
-    limiter.throttled_for(0.125)
+def test_adaptive_rate_starts_from_retry_after_and_backs_off_once_per_episode():
+    clock = Clock()
+    limiter = RateLimiter(None, clock=clock, sleep=clock.sleep)
+    limiter.throttled_for(0.125, generation=0)
     assert limiter.rate == pytest.approx(8.0)
-    limiter.throttled_for(0.125)
+    limiter.throttled_for(0.125, generation=0)  # paced before that decrease
+    assert limiter.rate == pytest.approx(8.0)
+    limiter.throttled_for(0.125, generation=1)
     assert limiter.rate == pytest.approx(8.0 * RateLimiter.DECREASE)
     before = limiter.rate
     limiter.accepted()
