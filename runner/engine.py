@@ -172,11 +172,7 @@ class Engine:
         url = _fresh_link(resume)
         if url is None:
             async with self._slots:
-                self.reporter.flight_started()
-                try:
-                    task = await self._submit_and_follow(job, resume, estimate)
-                finally:
-                    self.reporter.flight_ended()
+                task = await self._submit_and_follow(job, resume, estimate)
             if not task.succeeded:
                 raise TaskFailed(
                     task.error_code or task.status,
@@ -190,11 +186,17 @@ class Engine:
     async def _submit_and_follow(self, job: Job, resume: JobRecord | None, estimate: float) -> Task:
         """The in-flight part of an attempt: submit (or take the known task), poll to final."""
         if resume is not None and resume.state == "submitted" and resume.task_id:
+            task_id, estimated, first_wait = resume.task_id, None, 0.0
             deadline = (resume.submitted_at or time.time()) + self.settings.task_timeout
-            return await self._follow(resume.task_id, None, deadline, first_wait=0.0)
-        task = await self._submit(job, estimate)
-        deadline = time.time() + self.settings.task_timeout
-        return await self._follow(task.id, task.estimated_time, deadline)
+        else:
+            task = await self._submit(job, estimate)
+            task_id, estimated, first_wait = task.id, task.estimated_time, None
+            deadline = time.time() + self.settings.task_timeout
+        self.reporter.flight_started()
+        try:
+            return await self._follow(task_id, estimated, deadline, first_wait=first_wait)
+        finally:
+            self.reporter.flight_ended()
 
     async def _submit(self, job: Job, estimate: float) -> Task:
         if self._key_verified:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .expand import Job, Plan
+from .gallery import gallery_html
 from .journal import JobRecord, iso
 
 RESULT_COLUMNS = (
@@ -156,6 +157,11 @@ def write_outputs(
     write_if_changed(out_dir / "files.json", _json_bytes(_files_manifest(completed)))
     write_if_changed(out_dir / "metadata.jsonl", _metadata_bytes(frame))
     write_if_changed(out_dir / "run.json", _json_bytes(run_info))
+    names = input_column_names(plan)
+    page = gallery_html(
+        plan.name, frame, [names[c] for c in plan.columns], [names[k] for k in plan.matrix_keys]
+    )
+    write_if_changed(out_dir / "gallery.html", page.encode("utf-8"))
     return frame
 
 
