@@ -8,7 +8,7 @@ Images are linked relatively, so the page works from the output dir with no serv
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -89,7 +89,7 @@ def gallery_html(
     )
 
 
-def _card(record: dict[str, Any], columns: Sequence[str], matrix: Sequence[str]) -> str:
+def _card(record: Mapping[Any, Any], columns: Sequence[str], matrix: Sequence[str]) -> str:
     esc = html.escape
     status = _text(record.get("status"))
     attrs = [f'data-status="{esc(status)}"']
