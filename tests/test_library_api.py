@@ -54,3 +54,15 @@ def test_results_parquet_has_real_types_and_metadata_points_at_the_images(tmp_pa
 
     names = [json.loads(line)["file_name"] for line in lines]
     assert len(names) == 3 and all((out / name).is_file() for name in names)
+
+
+def test_hugging_face_imagefolder_loads_the_images_with_their_columns(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out = tmp_path / "out"
+    runner.run(write_manifest(tmp_path, 3, repeat=2), out=out, fake=True)
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+    assert loaded.num_rows == 6
+    assert {"image", "job_id", "prompt", "name", "sample"} <= set(loaded.column_names)
+    assert loaded[0]["image"].size == (loaded[0]["width"], loaded[0]["height"])
