@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .batch import RunOptions, arun, run
-from .batch import plan_file as plan
 from .errors import (
     ApiError,
     DownloadError,
@@ -20,7 +20,24 @@ from .errors import (
     TaskFailed,
 )
 from .expand import Job, Plan
+from .expand import plan_file as plan
 from .manifest import load_manifest
+
+if TYPE_CHECKING:
+    from .batch import RunOptions, arun, run
+
+_RUNNING = ("RunOptions", "arun", "run")
+
+
+def __getattr__(name: str) -> Any:
+    """``run``/``arun`` load the engine (pandas, httpx, ...) on first use, so that
+    ``runner plan`` and ``runner validate`` start fast."""
+    if name in _RUNNING:
+        from . import batch
+
+        return getattr(batch, name)
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")
+
 
 __all__ = [
     "ApiError",

@@ -25,21 +25,16 @@ from .download import remove_partial_files
 from .engine import Engine, Settings
 from .errors import MissingApiKey, OutputDirError, RunAborted, RunInterrupted
 from .evolink import DEFAULT_BASE_URL, EvolinkClient
-from .expand import Plan, plan_manifest
+from .expand import Plan, plan_file
 from .fake import FakeOptions, create_app
 from .journal import Journal, iso
-from .manifest import LoadedManifest, load_manifest
+from .manifest import LoadedManifest
 from .outputs import file_sha256, summary_counts, write_outputs
 from .policy import Timing
 from .progress import Reporter
 
 LOCK_NAME = ".runner.lock"
 FAKE_BASE_URL = "http://fake-evolink.local"
-
-
-def plan_file(path: str | Path) -> Plan:
-    """Load, expand and check every job of a manifest; sends nothing."""
-    return plan_manifest(load_manifest(path))
 
 
 @dataclass
@@ -97,15 +92,6 @@ async def arun(
     return await run_plan(plan, opts)
 
 
-def resolve_out_dir(loaded: LoadedManifest, out: str | Path | None) -> Path:
-    """``--out``, else the manifest's ``output``, else ``outputs/<name>``; all from the cwd."""
-    if out is not None:
-        return Path(out)
-    if loaded.manifest.output:
-        return Path(loaded.manifest.output)
-    return Path("outputs") / loaded.name
-
-
 def settings_for(loaded: LoadedManifest, opts: RunOptions) -> Settings:
     limits = loaded.manifest.limits
     return Settings(
@@ -123,7 +109,7 @@ async def run_plan(plan: Plan, opts: RunOptions) -> pd.DataFrame:
     loaded = plan.loaded
     settings = settings_for(loaded, opts)
     client = _client(opts)  # before the dir is touched: a missing key changes nothing
-    out_dir = resolve_out_dir(loaded, opts.out)
+    out_dir = loaded.out_dir(opts.out)
     try:
         return await _run_in_dir(plan, opts, settings, client, out_dir)
     finally:

@@ -17,9 +17,8 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .batch import RunOptions, plan_file, resolve_out_dir, run_plan
 from .errors import RunnerError, RunStopped
-from .fake import FakeOptions, serve
+from .expand import plan_file
 from .manifest import manifest_json_schema
 from .progress import make_reporter
 from .summary import plan_summary, print_plan, print_run_summary, report_from_dir
@@ -97,7 +96,7 @@ def plan(
     Example: runner plan manifests/marketing.yaml --json | jq .jobs
     """
     planned = _guard(lambda: plan_file(manifest))
-    out_dir = resolve_out_dir(planned.loaded, out)
+    out_dir = planned.loaded.out_dir(out)
     summary = plan_summary(planned, out_dir)
     if as_json:
         sys.stdout.write(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
@@ -146,6 +145,8 @@ def run(
       runner run manifests/quickstart.yaml --fake
       EVOLINK_API_KEY=... runner run manifests/marketing.yaml --concurrency 16
     """
+    from .batch import RunOptions, run_plan  # the engine's imports (pandas, httpx) load here
+
     planned = _guard(lambda: plan_file(manifest))
     reporter = make_reporter(err)
     options = RunOptions(
@@ -160,7 +161,7 @@ def run(
         max_credits=max_credits,
         reporter=reporter,
     )
-    out_dir = resolve_out_dir(planned.loaded, out)
+    out_dir = planned.loaded.out_dir(out)
     stopped: RunStopped | None = None
     try:
         frame = anyio.run(run_plan, planned, options)
@@ -219,6 +220,8 @@ def fake_server(
 
     Example: runner fake-server --port 8765 --fail-rate 0.1 --rate-limit 5
     """
+    from .fake import FakeOptions, serve
+
     low, _, high = task_seconds.partition(",")
     try:
         seconds = (float(low), float(high or low))

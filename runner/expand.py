@@ -5,18 +5,20 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.runtime import new_context
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import ManifestError
 from .evolink import canonical_model, request_problems
-from .manifest import LoadedManifest
+from .manifest import LoadedManifest, load_manifest
 from .rows import Row, RowSource, open_rows, resolve_input
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -78,11 +80,16 @@ class Plan:
 
     def unique_requests(self) -> int:
         """Distinct request bodies: samples of one request count once."""
-        return len({_canonical_json(job.request) for job in self.jobs})
+        return len({_request_key(job.request) for job in self.jobs})
 
     def estimated_credits(self) -> float:
         prices = self.loaded.manifest.price_table()
         return float(sum(prices.get(job.quality or "auto", prices["auto"]) for job in self.jobs))
+
+
+def plan_file(path: str | Path) -> Plan:
+    """Load, expand and check every job of a manifest; sends nothing."""
+    return plan_manifest(load_manifest(path))
 
 
 def plan_manifest(loaded: LoadedManifest) -> Plan:
@@ -122,6 +129,17 @@ def job_id_for(request: Mapping[str, Any], sample: int) -> str:
     return hashlib.sha256(_canonical_json(identity).encode()).hexdigest()[:ID_LENGTH]
 
 
+def _request_key(request: Mapping[str, Any]) -> tuple[Any, ...]:
+    urls = request.get("image_urls")
+    return (
+        request.get("model"),
+        request.get("prompt"),
+        request.get("size"),
+        request.get("quality"),
+        tuple(urls) if urls else None,
+    )
+
+
 def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
@@ -141,6 +159,7 @@ class _Renderer:
             self.env = _environment(loaded.base_dir)
             self.prompt = self._compile(m.prompt or "", "prompt")
         self.filename = self._compile(m.filename, "filename")
+        self.globals = dict(self.env.globals)
         self.request = {
             key: self._compile_value(value, ("request", key))
             for key, value in m.request.model_dump(exclude_none=True).items()
@@ -160,8 +179,9 @@ class _Renderer:
 
     def _job(self, row: Row, combo: dict[str, Any], sample: int) -> Job:
         m = self.loaded.manifest
-        context = {**m.vars, **row.values, **combo, "sample": sample, "row": row.index}
-        where = _where(row, combo, sample)
+        context = {**self.globals, **m.vars, **row.values, **combo}
+        context["sample"], context["row"] = sample, row.index
+        where = _Spot(row, combo, sample)
         prompt = self._render(self.prompt, context, where, "prompt").strip()
         request: dict[str, Any] = {"model": m.model, "prompt": prompt}
         for key, compiled in self.request.items():
@@ -173,17 +193,21 @@ class _Renderer:
             raise self._error(problem, where, field)
         request["model"] = canonical_model(m.model)
         job_id = job_id_for(request, sample)
-        name = self._render(self.filename, {**context, "job_id": job_id}, where, "filename")
+        context["job_id"] = job_id
+        name = self._render(self.filename, context, where, "filename")
         filename = _checked_filename(name.strip())
         if isinstance(filename, str) and filename.startswith("!"):
             raise self._error(filename[1:], where, "filename")
         return Job(job_id, row.index, sample, row.values, combo, request, filename, row.source)
 
     def _render(
-        self, template: jinja2.Template, context: dict[str, Any], where: str, field: str
+        self, template: jinja2.Template, context: dict[str, Any], where: _Spot, field: str
     ) -> str:
+        """Render with ``context`` as the template's own namespace (it already holds the
+        globals): Jinja's ``render()`` would copy the globals for every call."""
         try:
-            return template.render(context)
+            frame = new_context(self.env, template.name, template.blocks, context, shared=True)
+            return self.env.concat(template.root_render_func(frame))
         except jinja2.UndefinedError as error:
             raise self._error(_undefined_message(error), where, field) from None
         except jinja2.TemplateError as error:
@@ -194,7 +218,13 @@ class _Renderer:
             ) from None
 
     def _render_value(
-        self, compiled: Any, context: dict[str, Any], where: str, field: str, *, item: bool = False
+        self,
+        compiled: Any,
+        context: dict[str, Any],
+        where: _Spot,
+        field: str,
+        *,
+        item: bool = False,
     ) -> Any:
         if isinstance(compiled, list):
             items = [
@@ -202,8 +232,13 @@ class _Renderer:
             ]
             kept = [item for item in items if item not in (None, "")]
             return kept or None
-        if isinstance(compiled, jinja2.Template):
-            text = self._render(compiled, context, where, field).strip()
+        if isinstance(compiled, (jinja2.Template, str)):
+            raw = (
+                compiled
+                if isinstance(compiled, str)
+                else self._render(compiled, context, where, field)
+            )
+            text = raw.strip()
             if not text:
                 return None
             if field == "request.image_urls" and not item:
@@ -217,7 +252,7 @@ class _Renderer:
         if isinstance(value, list):
             return [self._compile_value(item, loc) for item in value]
         if isinstance(value, str):
-            return self._compile(value, *loc)
+            return self._compile(value, *loc) if ("{" in value) else value  # constants stay text
         return value
 
     def _compile(self, source: str, *loc: str) -> jinja2.Template:
@@ -245,8 +280,8 @@ class _Renderer:
                 f"template syntax error: {error.message}", file=str(path), line=error.lineno
             ) from None
 
-    def _error(self, message: str, where: str, field: str) -> ManifestError:
-        return ManifestError(message, file=str(self.loaded.path), where=where, field=field)
+    def _error(self, message: str, where: _Spot, field: str) -> ManifestError:
+        return ManifestError(message, file=str(self.loaded.path), where=str(where), field=field)
 
 
 def _environment(folder: Path) -> SandboxedEnvironment:
@@ -258,8 +293,16 @@ def _environment(folder: Path) -> SandboxedEnvironment:
     )
 
 
-def _where(row: Row, combo: Mapping[str, Any], sample: int) -> str:
-    return _describe(row.index, row.source, combo, sample)
+@dataclass(frozen=True)
+class _Spot:
+    """Which combination is being rendered; described only when an error needs it."""
+
+    row: Row
+    combo: Mapping[str, Any]
+    sample: int
+
+    def __str__(self) -> str:
+        return _describe(self.row.index, self.row.source, self.combo, self.sample)
 
 
 def _describe(row: int, source: str, combo: Mapping[str, Any], sample: int) -> str:
@@ -284,8 +327,7 @@ def _checked_filename(name: str) -> str:
         return "!the file name is empty"
     if _CONTROL.search(name):
         return f"!{name!r} has a character not allowed in file names"
-    path = PurePosixPath(name)
-    if path.is_absolute():
+    if name.startswith("/"):
         return f"!{name!r} is absolute; it must stay inside images/"
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):
@@ -294,7 +336,7 @@ def _checked_filename(name: str) -> str:
         return f"!{name!r}: hidden names (starting with '.') are not allowed"
     if any(len(part.encode()) > 255 for part in parts):
         return f"!{name!r}: a part is longer than 255 bytes"
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
+    if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
         return f"!{name!r} must end in one of {', '.join(IMAGE_SUFFIXES)}"
     return name
 

@@ -130,6 +130,15 @@ class LoadedManifest:
     def base_dir(self) -> Path:
         return self.path.parent
 
+    def out_dir(self, out: str | Path | None = None) -> Path:
+        """``--out``, else the manifest's ``output``, else ``outputs/<name>``; all
+        relative to the current dir."""
+        if out is not None:
+            return Path(out)
+        if self.manifest.output:
+            return Path(self.manifest.output)
+        return Path("outputs") / self.name
+
     def line_of(self, *loc: str | int) -> int | None:
         return self.lines.line_of(loc)
 

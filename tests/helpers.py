@@ -10,8 +10,9 @@ import anyio
 import httpx
 import pandas as pd
 
-from runner.batch import RunOptions, plan_file, run_plan
+from runner.batch import RunOptions, run_plan
 from runner.errors import RunStopped
+from runner.expand import plan_file
 from runner.fake import FakeEvolink, FakeOptions, create_app
 
 from conftest import API_KEY, FAST
