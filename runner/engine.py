@@ -27,19 +27,19 @@ from .errors import (
     RateLimited,
     ServerError,
     TaskFailed,
-    TaskNotFound,
     TaskTimeout,
     is_retryable,
 )
 from .evolink import LINK_LIFETIME_S, EvolinkClient, Task, task_failure_is_retryable
 from .expand import Job
 from .journal import JobRecord, Journal
-from .policy import Timing
+from .policy import FirstPoll, Timing
 from .progress import Reporter
 from .ratelimit import RateLimiter
 
 MAX_THROTTLES_PER_SUBMISSION = 100
 SUBMIT_SHIELD_S = 90  # a submission in progress finishes (or times out) even on Ctrl-C
+PROGRESS_MARGIN_S = 0.02  # poll this long after the end that progress predicts
 LINK_SAFETY_S = 600  # treat a link as expired this long before its 24 h are up
 
 
@@ -89,6 +89,7 @@ class Engine:
         self.fatal: FatalApiError | None = None
         self.budget_stop = False
         self._rng = random.Random(seed)
+        self.first_poll = FirstPoll(self.timing)
         self._slots = anyio.CapacityLimiter(settings.concurrency)
         self._live = anyio.Semaphore(settings.concurrency * 4 + 16)
         self._probe = anyio.Lock()
@@ -216,6 +217,7 @@ class Engine:
                 self.journal.mark_unsent(job.job_id)
                 self.limiter.throttled_for(error.retry_after, generation)
                 self.reporter.throttled()
+                await anyio.sleep((error.retry_after or 0.0) * self.timing.scale)
                 continue
             except FatalApiError:
                 self.journal.mark_unsent(job.job_id)
@@ -257,10 +259,12 @@ class Engine:
         first_wait: float | None = None,
     ) -> Task:
         """Poll a task until its status is final; transient poll errors only delay it."""
-        delays = self.timing.poll_delays(estimated, self._rng)
-        if first_wait is not None:
-            next(delays)
-        wait = first_wait if first_wait is not None else next(delays)
+        first = self.first_poll.delay(estimated) if first_wait is None else first_wait
+        delays = self.timing.poll_delays(first, self._rng)
+        wait = next(delays)
+        polls = 0
+        started = time.monotonic() if first_wait is None else None
+        trust_progress = started is not None
         while True:
             await anyio.sleep(max(0.0, min(wait, deadline - time.time())))
             try:
@@ -271,14 +275,20 @@ class Engine:
                 if time.time() >= deadline:
                     raise TaskTimeout(task_id, self.settings.task_timeout) from None
                 continue
-            except TaskNotFound:
-                raise
+            polls += 1
             self._key_verified = True
+            if polls == 1 and first_wait is None:
+                self.first_poll.observe(estimated, task.is_final, self._slots.borrowed_tokens)
             if task.is_final:
                 return task
             if time.time() >= deadline:
                 raise TaskTimeout(task_id, self.settings.task_timeout)
             wait = next(delays)
+            if trust_progress and started is not None:
+                predicted = _end_from_progress(task, time.monotonic() - started)
+                if predicted is not None and predicted * self.timing.scale < wait:
+                    wait = predicted * self.timing.scale
+                    trust_progress = False  # one early poll; if it misses, stop guessing
 
     async def _download(self, job: Job, url: str) -> None:
         retrying = AsyncRetrying(
@@ -306,6 +316,14 @@ class Engine:
         if self.fatal is None:
             self.fatal = error
         self.stop_submitting()
+
+
+def _end_from_progress(task: Task, elapsed: float) -> float | None:
+    """Seconds until a processing task should be done, if its progress is linear in time
+    (progress is a whole percent, so elapsed*100/progress bounds the total from above)."""
+    if task.status != "processing" or not 0 < task.progress < 100:
+        return None
+    return elapsed * (100 / task.progress - 1) + PROGRESS_MARGIN_S
 
 
 def _has_task(record: JobRecord | None) -> bool:

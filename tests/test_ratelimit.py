@@ -28,26 +28,35 @@ async def test_fixed_rate_spaces_submissions():
 
 
 @pytest.mark.anyio
-async def test_retry_after_pauses_every_submission():
+async def test_after_a_429_everyone_pauses_briefly_under_the_new_rate():
     clock = Clock()
-    limiter = RateLimiter(None, clock=clock, sleep=clock.sleep)
-    limiter.throttled_for(2.0)
+    limiter = RateLimiter(5.0, clock=clock, sleep=clock.sleep)
+    limiter.throttled_for(30.0)  # a long Retry-After binds only the request that got it
     await limiter.acquire()
-    assert clock.now >= 102.0
+    assert clock.now == pytest.approx(100.4)  # two intervals at 5/s
 
 
-def test_adaptive_rate_starts_from_retry_after_and_backs_off_once_per_episode():
+def test_adaptive_rate_starts_from_what_was_accepted_and_retry_after():
     clock = Clock()
     limiter = RateLimiter(None, clock=clock, sleep=clock.sleep)
+    for _ in range(4):
+        limiter.accepted()
+    limiter.throttled_for(0.01, generation=0)  # 1/0.01 = 100/s, but 4 were accepted
+    assert limiter.rate == pytest.approx(4.0)
+
+
+def test_adaptive_rate_backs_off_once_per_episode_and_returns_to_the_ceiling():
+    limiter = RateLimiter(None)
     limiter.throttled_for(0.125, generation=0)
     assert limiter.rate == pytest.approx(8.0)
-    limiter.throttled_for(0.125, generation=0)  # paced before that decrease
+    limiter.throttled_for(0.125, generation=0)  # paced before that estimate: no change
     assert limiter.rate == pytest.approx(8.0)
     limiter.throttled_for(0.125, generation=1)
+    assert limiter.ceiling == pytest.approx(8.0)
     assert limiter.rate == pytest.approx(8.0 * RateLimiter.DECREASE)
-    before = limiter.rate
-    limiter.accepted()
-    assert limiter.rate > before
+    for _ in range(20):
+        limiter.accepted()
+    assert 0.95 * 8.0 <= limiter.rate < 8.0 * 1.05
 
 
 def test_fixed_rate_is_not_changed_by_429():
