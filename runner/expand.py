@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
 import os
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,15 @@ from .rows import Row, RowSource, open_rows, resolve_input
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 ID_LENGTH = 16
+_ORDINARY_NAME = re.compile(
+    r"(?:[A-Za-z0-9_][A-Za-z0-9_ .-]{0,200}/)*[A-Za-z0-9_][A-Za-z0-9_ .-]{0,200}"
+    r"\.(?:png|jpe?g|webp)",
+    re.IGNORECASE,
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\:*?\"<>|]")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Job:
     """One image to make: a row × a matrix combination × a sample."""
 
@@ -94,6 +101,24 @@ def plan_file(path: str | Path) -> Plan:
 
 def plan_manifest(loaded: LoadedManifest) -> Plan:
     """Expand and check every job; raises ManifestError on the first problem."""
+    with _gc_paused():
+        return _plan(loaded)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Expansion makes many long-lived objects and no cycles; the cyclic collector
+    would rescan them all again and again (a third of the time on 100,000 rows)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _plan(loaded: LoadedManifest) -> Plan:
     source = open_rows(loaded)
     renderer = _Renderer(loaded)
     jobs: list[Job] = []
@@ -118,14 +143,14 @@ def plan_manifest(loaded: LoadedManifest) -> Plan:
 def job_id_for(request: Mapping[str, Any], sample: int) -> str:
     """Stable id: a hash of the canonical request (model, prompt, size, quality,
     image_urls) and the sample index. callback_url does not change the image."""
-    identity = {
-        "model": canonical_model(str(request.get("model"))),
-        "prompt": request.get("prompt"),
-        "size": request.get("size"),
-        "quality": request.get("quality"),
-        "image_urls": request.get("image_urls"),
-        "sample": sample,
-    }
+    identity = [
+        canonical_model(str(request.get("model"))),
+        request.get("prompt"),
+        request.get("size"),
+        request.get("quality"),
+        request.get("image_urls"),
+        sample,
+    ]
     return hashlib.sha256(_canonical_json(identity).encode()).hexdigest()[:ID_LENGTH]
 
 
@@ -154,7 +179,7 @@ class _Renderer:
         if m.template is not None:
             self.template_path = resolve_input(loaded, m.template, "template")
             self.env = _environment(self.template_path.parent)
-            self.prompt = self._compile_file(self.template_path)
+            self.prompt: Renderable = self._compile_file(self.template_path)
         else:
             self.env = _environment(loaded.base_dir)
             self.prompt = self._compile(m.prompt or "", "prompt")
@@ -201,10 +226,14 @@ class _Renderer:
         return Job(job_id, row.index, sample, row.values, combo, request, filename, row.source)
 
     def _render(
-        self, template: jinja2.Template, context: dict[str, Any], where: _Spot, field: str
+        self, template: Renderable, context: dict[str, Any], where: _Spot, field: str
     ) -> str:
         """Render with ``context`` as the template's own namespace (it already holds the
         globals): Jinja's ``render()`` would copy the globals for every call."""
+        if isinstance(template, _Lookup):
+            if template.name not in context:
+                raise self._error(f"undefined variable {template.name!r}", where, field)
+            return str(context[template.name])
         try:
             frame = new_context(self.env, template.name, template.blocks, context, shared=True)
             return self.env.concat(template.root_render_func(frame))
@@ -232,7 +261,7 @@ class _Renderer:
             ]
             kept = [item for item in items if item not in (None, "")]
             return kept or None
-        if isinstance(compiled, (jinja2.Template, str)):
+        if isinstance(compiled, (jinja2.Template, _Lookup, str)):
             raw = (
                 compiled
                 if isinstance(compiled, str)
@@ -255,7 +284,10 @@ class _Renderer:
             return self._compile(value, *loc) if ("{" in value) else value  # constants stay text
         return value
 
-    def _compile(self, source: str, *loc: str) -> jinja2.Template:
+    def _compile(self, source: str, *loc: str) -> Renderable:
+        plain = _PLAIN_LOOKUP.fullmatch(source)
+        if plain and plain.group(1) not in self.env.globals:
+            return _Lookup(plain.group(1))
         try:
             return self.env.from_string(source)
         except jinja2.TemplateSyntaxError as error:
@@ -293,7 +325,19 @@ def _environment(folder: Path) -> SandboxedEnvironment:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """A template that is only ``{{ name }}``: a dict lookup renders it, with the same
+    result and the same error for an undefined name as Jinja would give."""
+
+    name: str
+
+
+Renderable = jinja2.Template | _Lookup
+_PLAIN_LOOKUP = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+@dataclass(slots=True)
 class _Spot:
     """Which combination is being rendered; described only when an error needs it."""
 
@@ -323,6 +367,8 @@ def _undefined_message(error: jinja2.UndefinedError) -> str:
 def _checked_filename(name: str) -> str:
     """The file name if it is safe, else '!' and the reason (kept out of exceptions
     so the caller can say which row made it)."""
+    if _ORDINARY_NAME.fullmatch(name):
+        return name  # the common case, decided by one regex
     if not name:
         return "!the file name is empty"
     if _CONTROL.search(name):
