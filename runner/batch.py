@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,14 @@ from .download import remove_partial_files
 from .engine import Engine, Settings
 from .errors import MissingApiKey, OutputDirError, RunAborted, RunInterrupted
 from .evolink import DEFAULT_BASE_URL, EvolinkClient
-from .expand import Plan, plan_file
+from .expand import Job, Plan, plan_file
 from .fake import FakeOptions, create_app
 from .journal import Journal, iso
 from .manifest import LoadedManifest
 from .outputs import file_sha256, summary_counts, write_outputs
 from .policy import Timing
 from .progress import Reporter
+from .select import selection_from_options
 
 LOCK_NAME = ".runner.lock"
 FAKE_BASE_URL = "http://fake-evolink.local"
@@ -84,12 +85,22 @@ async def arun(
     out: str | Path | None = None,
     base_url: str | None = None,
     fake: bool = False,
+    *,
+    rows: str | None = None,
+    only: Sequence[str] | None = None,
+    where: str | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    limit: int | None = None,
     **options: Any,
 ) -> pd.DataFrame:
-    """``run`` for callers already inside an event loop."""
+    """``run`` for callers already inside an event loop. ``rows`` ("3,7-12"), ``only``,
+    ``where``, ``sample``/``seed`` and ``limit`` select jobs as on the command line."""
     opts = RunOptions(out=out, base_url=base_url, fake=fake, **options)
     plan = plan_file(path)
-    return await run_plan(plan, opts)
+    selection = selection_from_options(rows, only, where, sample, seed, limit)
+    jobs = None if selection.is_everything else selection.apply(plan)
+    return await run_plan(plan, opts, jobs)
 
 
 def settings_for(loaded: LoadedManifest, opts: RunOptions) -> Settings:
@@ -104,22 +115,30 @@ def settings_for(loaded: LoadedManifest, opts: RunOptions) -> Settings:
     )
 
 
-async def run_plan(plan: Plan, opts: RunOptions) -> pd.DataFrame:
-    """Run a checked plan into its output dir; raises RunStopped subclasses on early ends."""
+async def run_plan(plan: Plan, opts: RunOptions, jobs: Sequence[Job] | None = None) -> pd.DataFrame:
+    """Run a checked plan (or the selected ``jobs`` of it) into its output dir; raises
+    RunStopped subclasses on early ends. The results table holds the jobs this dir has
+    run so far plus the selected ones (all of the plan when nothing was selected)."""
     loaded = plan.loaded
     settings = settings_for(loaded, opts)
     client = _client(opts)  # before the dir is touched: a missing key changes nothing
     out_dir = loaded.out_dir(opts.out)
     try:
-        return await _run_in_dir(plan, opts, settings, client, out_dir)
+        return await _run_in_dir(plan, opts, settings, client, out_dir, jobs)
     finally:
         await client.aclose()
 
 
 async def _run_in_dir(
-    plan: Plan, opts: RunOptions, settings: Settings, client: EvolinkClient, out_dir: Path
+    plan: Plan,
+    opts: RunOptions,
+    settings: Settings,
+    client: EvolinkClient,
+    out_dir: Path,
+    selected: Sequence[Job] | None,
 ) -> pd.DataFrame:
     loaded = plan.loaded
+    todo = plan.jobs if selected is None else selected
     with _exclusive(out_dir), Journal.open(out_dir) as journal:
         journal.claim(plan.name, out_dir)
         remove_partial_files(out_dir / "images")
@@ -127,20 +146,20 @@ async def _run_in_dir(
         reporter = opts.reporter or Reporter()
         engine = Engine(client, journal, out_dir, settings, timing=opts.timing, reporter=reporter)
         prices = loaded.manifest.price_table()
-        estimates = {
-            job.job_id: prices.get(job.quality or "auto", prices["auto"]) for job in plan.jobs
-        }
+        estimates = {job.job_id: prices.get(job.quality or "auto", prices["auto"]) for job in todo}
         started = time.time()
         interrupted = False
         try:
-            interrupted = await _run_engine(engine, plan, estimates, opts.handle_signals)
+            interrupted = await _run_engine(engine, todo, estimates, opts.handle_signals)
         finally:
             reporter.close()
         records = journal.records(job.job_id for job in plan.jobs)
+        shown = plan.jobs if selected is None else _ran_or_selected(plan, selected, records)
         latest = _invocation_summary(engine, reporter, started, interrupted, opts, settings)
+        latest["selected_jobs"] = len(todo)
         journal.finish_invocation(latest)
-        info = _run_info(plan, journal, records, latest, out_dir)
-        frame = write_outputs(out_dir, plan, records, info)
+        info = _run_info(plan, journal, records, latest, shown)
+        frame = write_outputs(out_dir, plan, records, info, shown)
     if interrupted:
         raise RunInterrupted(f"interrupted; state saved in {out_dir}, rerun to continue", frame)
     if engine.fatal is not None:
@@ -152,8 +171,14 @@ async def _run_in_dir(
     return frame
 
 
+def _ran_or_selected(plan: Plan, selected: Sequence[Job], records: Mapping[str, Any]) -> list[Job]:
+    """The plan's jobs this dir has run so far, and the selected ones, in plan order."""
+    wanted = {job.job_id for job in selected}
+    return [job for job in plan.jobs if job.job_id in wanted or job.job_id in records]
+
+
 async def _run_engine(
-    engine: Engine, plan: Plan, estimates: dict[str, float], handle_signals: bool
+    engine: Engine, jobs: Sequence[Job], estimates: dict[str, float], handle_signals: bool
 ) -> bool:
     """Run the engine; on SIGINT/SIGTERM stop it and return True. A second Ctrl-C kills."""
     interrupted = False
@@ -173,7 +198,7 @@ async def _run_engine(
 
             group.start_soon(watcher)
         with anyio.CancelScope() as work:
-            await engine.run(plan.jobs, estimates)
+            await engine.run(jobs, estimates)
         group.cancel_scope.cancel()
     return interrupted
 
@@ -253,7 +278,7 @@ def _invocation_summary(
 
 
 def _run_info(
-    plan: Plan, journal: Journal, records: Any, latest: dict[str, Any], out_dir: Path
+    plan: Plan, journal: Journal, records: Any, latest: dict[str, Any], shown: Sequence[Job]
 ) -> dict[str, Any]:
     invocations = journal.invocations()
     return {
@@ -266,7 +291,8 @@ def _run_info(
             for role, path in plan.input_files.items()
         },
         "totals": {
-            **summary_counts(plan, records),
+            **summary_counts(shown, records),
+            "manifest_jobs": len(plan.jobs),
             "estimated_credits": plan.estimated_credits(),
             "first_started_at": iso(invocations[0]["started_at"]) if invocations else None,
             "invocations": len(invocations),

@@ -18,9 +18,10 @@ from rich.console import Console
 
 from . import __version__
 from .errors import RunnerError, RunStopped
-from .expand import plan_file
+from .expand import Job, Plan, plan_file
 from .manifest import manifest_json_schema
 from .progress import make_reporter
+from .select import selection_from_options
 from .summary import plan_summary, print_plan, print_run_summary, report_from_dir
 
 app = typer.Typer(
@@ -36,6 +37,26 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
 
 ManifestArg = Annotated[Path, typer.Argument(help="The manifest (YAML).", show_default=False)]
+# Selectors, shared by plan and run: --rows, --only, --where intersect; then --sample, --limit.
+RowsOpt = Annotated[str | None, typer.Option("--rows", help="Rows by 0-based index, e.g. 3,7-12.")]
+OnlyOpt = Annotated[
+    list[str] | None, typer.Option("--only", help="Job ids (repeat, or separate by commas).")
+]
+WhereOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--where",
+        help="A Jinja expression over the template context, e.g. "
+        '\'style == "studio" and aspect == "2:3"\'.',
+    ),
+]
+SampleOpt = Annotated[
+    int | None, typer.Option("--sample", help="A deterministic random N of the selected jobs.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --sample.")]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", help="The first N selected jobs, in plan order.")
+]
 
 
 def _version(value: bool) -> None:
@@ -68,6 +89,22 @@ def _guard(action: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
+def _select(
+    plan: Plan,
+    rows: str | None,
+    only: list[str] | None,
+    where: str | None,
+    sample: int | None,
+    seed: int,
+    limit: int | None,
+) -> list[Job] | None:
+    """The selected jobs, or None when no selector was given (every job)."""
+    selection = _guard(lambda: selection_from_options(rows, only, where, sample, seed, limit))
+    if selection.is_everything:
+        return None
+    return _guard(lambda: selection.apply(plan))
+
+
 @app.command()
 def validate(manifest: ManifestArg) -> None:
     """Check a manifest completely (schema, files, CSV, every rendered request and file
@@ -90,14 +127,21 @@ def plan(
         bool, typer.Option("--json", help="Machine-readable plan on stdout.")
     ] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Output dir to compare with.")] = None,
+    rows: RowsOpt = None,
+    only: OnlyOpt = None,
+    where: WhereOpt = None,
+    sample: SampleOpt = None,
+    seed: SeedOpt = 0,
+    limit: LimitOpt = None,
 ) -> None:
     """Show the jobs, unique requests, estimated credits and first prompts; sends nothing.
 
     Example: runner plan manifests/marketing.yaml --json | jq .jobs
     """
     planned = _guard(lambda: plan_file(manifest))
+    selected = _select(planned, rows, only, where, sample, seed, limit)
     out_dir = planned.loaded.out_dir(out)
-    summary = plan_summary(planned, out_dir)
+    summary = plan_summary(planned, out_dir, selected)
     if as_json:
         sys.stdout.write(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     else:
@@ -134,6 +178,12 @@ def run(
         bool,
         typer.Option("--retry-failed", help="Resubmit jobs that ended failed in an earlier run."),
     ] = False,
+    rows: RowsOpt = None,
+    only: OnlyOpt = None,
+    where: WhereOpt = None,
+    sample: SampleOpt = None,
+    seed: SeedOpt = 0,
+    limit: LimitOpt = None,
     max_credits: Annotated[
         float | None,
         typer.Option(min=0, help="Stop submitting before reserved credits would pass this."),
@@ -148,6 +198,7 @@ def run(
     from .batch import RunOptions, run_plan  # the engine's imports (pandas, httpx) load here
 
     planned = _guard(lambda: plan_file(manifest))
+    selected = _select(planned, rows, only, where, sample, seed, limit)
     reporter = make_reporter(err)
     options = RunOptions(
         out=out,
@@ -164,7 +215,7 @@ def run(
     out_dir = planned.loaded.out_dir(out)
     stopped: RunStopped | None = None
     try:
-        frame = anyio.run(run_plan, planned, options)
+        frame = anyio.run(run_plan, planned, options, selected)
     except RunStopped as error:
         stopped, frame = error, error.results
     except RunnerError as error:
@@ -175,8 +226,11 @@ def run(
     if stopped is not None:
         err.print(f"runner: {stopped}", markup=False)
         raise typer.Exit(stopped.exit_code)
-    if frame is not None and (frame["status"] != "completed").any():
-        raise typer.Exit(1)
+    if frame is not None:
+        if selected is not None:  # the exit code speaks of the selected jobs
+            frame = frame[frame["job_id"].isin({job.job_id for job in selected})]
+        if (frame["status"] != "completed").any():
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -186,6 +240,25 @@ def report(out: Annotated[Path, typer.Argument(help="An output dir of an earlier
     Example: runner report outputs/quickstart
     """
     _guard(lambda: report_from_dir(err, out))
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Output dir of one run.", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Output dir of the other.", show_default=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write compare.html (default: compare-A-vs-B beside A)."),
+    ] = None,
+) -> None:
+    """Write a side-by-side page of two runs, paired by row, matrix values and sample.
+
+    Example: runner compare outputs/spring-v1 outputs/spring-v2
+    """
+    from .compare import compare_runs
+
+    page = _guard(lambda: compare_runs(a, b, out))
+    err.print(f"wrote {page}", markup=False)
 
 
 @app.command()

@@ -8,7 +8,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +89,10 @@ class Plan:
         """Distinct request bodies: samples of one request count once."""
         return len({_request_key(job.request) for job in self.jobs})
 
-    def estimated_credits(self) -> float:
+    def estimated_credits(self, jobs: Sequence[Job] | None = None) -> float:
         prices = self.loaded.manifest.price_table()
-        return float(sum(prices.get(job.quality or "auto", prices["auto"]) for job in self.jobs))
+        chosen = self.jobs if jobs is None else jobs
+        return float(sum(prices.get(job.quality or "auto", prices["auto"]) for job in chosen))
 
 
 def plan_file(path: str | Path) -> Plan:

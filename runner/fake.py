@@ -86,7 +86,6 @@ class FakeEvolink:
         self._ids = itertools.count(1)
         self._tokens = float(self.options.burst)
         self._bucket_time = time.monotonic()
-        self._images: dict[str, bytes] = {}
 
     # -- the API ---------------------------------------------------------------------
 
@@ -214,15 +213,12 @@ class FakeEvolink:
         return task
 
     def _image(self, task: _Task) -> bytes:
-        cached = self._images.get(task.id)
-        if cached is None:
-            cached = render_png(
-                str(task.request.get("size") or "1:1"),
-                task.request.get("prompt", "") + task.id,
-                small=self.options.small_images,
-            )
-            self._images[task.id] = cached
-        return cached
+        """Drawn on each download (not kept: a long fake run must not grow)."""
+        return render_png(
+            str(task.request.get("size") or "1:1"),
+            task.request.get("prompt", "") + task.id,
+            small=self.options.small_images,
+        )
 
     def _auth(self, request: Request) -> Response | None:
         header = request.headers.get("authorization", "")

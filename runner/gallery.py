@@ -58,13 +58,17 @@ _SCRIPT = """
   }
   filters.forEach(function(f){ f.addEventListener('change', apply); });
   search.addEventListener('input', apply);
-  Array.prototype.forEach.call(document.querySelectorAll('img'), function(img){
-    function mark(){ img.setAttribute('data-loaded', img.naturalWidth > 0 ? '1' : '0'); }
-    if (img.complete) { mark(); } else { img.addEventListener('load', mark);
-      img.addEventListener('error', mark); }
-  });
   apply();
 })();
+"""
+
+# Marks each image data-loaded="1" once it has loaded (what the browser tests look for).
+MARK_LOADED_SCRIPT = """
+Array.prototype.forEach.call(document.querySelectorAll('img'), function(img){
+  function mark(){ img.setAttribute('data-loaded', img.naturalWidth > 0 ? '1' : '0'); }
+  if (img.complete) { mark(); } else { img.addEventListener('load', mark);
+    img.addEventListener('error', mark); }
+});
 """
 
 
@@ -85,7 +89,8 @@ def gallery_html(
         f"<header><h1>{esc(title)}</h1>{''.join(filters)}"
         '<label>search <input id="search" type="search" placeholder="prompt, column…">'
         '</label><span id="count"></span></header>'
-        f"<main>{''.join(cards)}</main><script>{_SCRIPT}</script></body></html>\n"
+        f"<main>{''.join(cards)}</main><script>{_SCRIPT}{MARK_LOADED_SCRIPT}</script>"
+        "</body></html>\n"
     )
 
 

@@ -143,15 +143,19 @@ def _uniform(series: pd.Series) -> pd.Series:
 
 
 def write_outputs(
-    out_dir: Path, plan: Plan, records: Mapping[str, JobRecord], run_info: dict[str, Any]
+    out_dir: Path,
+    plan: Plan,
+    records: Mapping[str, JobRecord],
+    run_info: dict[str, Any],
+    jobs: Sequence[Job],
 ) -> pd.DataFrame:
-    """Write every output for the plan's jobs; returns the results table."""
-    frame = results_frame(plan, records)
+    """Write every output for ``jobs`` (of ``plan``); returns the results table."""
+    frame = results_frame(plan, records, jobs)
     write_if_changed(out_dir / "results.csv", _csv_bytes(frame))
     write_if_changed(out_dir / "results.parquet", _parquet_bytes(frame))
     completed = [
         (job, records[job.job_id])
-        for job in plan.jobs
+        for job in jobs
         if job_status(records.get(job.job_id)) == "completed"
     ]
     write_if_changed(out_dir / "files.json", _json_bytes(_files_manifest(completed)))
@@ -236,11 +240,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def summary_counts(plan: Plan, records: Mapping[str, JobRecord]) -> dict[str, Any]:
-    """Counts and credits over the plan's jobs, as run.json and the summary show them."""
-    counts = {"jobs": len(plan.jobs), "completed": 0, "failed": 0, "pending": 0}
+def summary_counts(jobs: Sequence[Job], records: Mapping[str, JobRecord]) -> dict[str, Any]:
+    """Counts and credits over the jobs shown, as run.json and the summary show them."""
+    counts = {"jobs": len(jobs), "completed": 0, "failed": 0, "pending": 0}
     credits = 0.0
-    for job in plan.jobs:
+    for job in jobs:
         record = records.get(job.job_id)
         counts[job_status(record)] += 1
         credits += record.credits_total if record else 0.0

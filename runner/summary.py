@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,22 +11,27 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import OutputDirError
-from .expand import Plan
+from .expand import Job, Plan
 from .journal import read_states
 
 FIRST_PROMPTS = 5
 
 
-def plan_summary(plan: Plan, out_dir: Path | None = None) -> dict[str, Any]:
-    """The plan as data (``plan --json``): counts, credits, ids, first rendered prompts."""
+def plan_summary(
+    plan: Plan, out_dir: Path | None = None, selected: Sequence[Job] | None = None
+) -> dict[str, Any]:
+    """The plan as data (``plan --json``): counts, credits, ids, first rendered prompts.
+    ``jobs`` counts what would run (the selection, if any); ``manifest_jobs`` all jobs."""
+    jobs = plan.jobs if selected is None else list(selected)
     summary: dict[str, Any] = {
         "name": plan.name,
         "manifest": str(plan.loaded.path),
-        "jobs": len(plan.jobs),
+        "jobs": len(jobs),
+        "manifest_jobs": len(plan.jobs),
         "expanded": plan.expanded,
         "duplicates_merged": plan.expanded - len(plan.jobs),
         "unique_requests": plan.unique_requests(),
-        "estimated_credits": plan.estimated_credits(),
+        "estimated_credits": plan.estimated_credits(jobs),
         "pricing": plan.loaded.manifest.price_table(),
         "columns": list(plan.columns),
         "matrix": {k: list(v) for k, v in plan.loaded.manifest.matrix.items()},
@@ -40,29 +46,37 @@ def plan_summary(plan: Plan, out_dir: Path | None = None) -> dict[str, Any]:
                 "quality": job.quality,
                 "file": job.path,
             }
-            for job in plan.jobs[:FIRST_PROMPTS]
+            for job in jobs[:FIRST_PROMPTS]
         ],
-        "job_ids": [job.job_id for job in plan.jobs],
+        "job_ids": [job.job_id for job in jobs],
     }
     if out_dir is not None:
         summary["out_dir"] = str(out_dir)
         states = read_states(out_dir)
         if states is not None:
-            wanted = {job.job_id for job in plan.jobs}
-            done = sum(1 for j in wanted if states.get(j) == "completed")
-            failed = sum(1 for j in wanted if states.get(j) == "failed")
-            summary["existing"] = {
-                "done": done,
-                "failed": failed,
-                "to_run": len(wanted) - done - failed,
-                "dropped": sum(1 for j in states if j not in wanted),
-            }
+            summary["existing"] = _against_dir(plan, jobs, states)
     return summary
+
+
+def _against_dir(plan: Plan, jobs: Sequence[Job], states: dict[str, str]) -> dict[str, int]:
+    """Split the selected jobs by what the output dir already holds. An edited job is one
+    to run (its new request) and one dropped (the old one, no longer in the manifest)."""
+    done = sum(1 for job in jobs if states.get(job.job_id) == "completed")
+    failed = sum(1 for job in jobs if states.get(job.job_id) == "failed")
+    in_manifest = {job.job_id for job in plan.jobs}
+    return {
+        "to_run": len(jobs) - done - failed,
+        "done": done,
+        "failed": failed,
+        "dropped": sum(1 for job_id in states if job_id not in in_manifest),
+    }
 
 
 def print_plan(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title=f"plan: {summary['name']}", show_header=False, title_justify="left")
     table.add_row("jobs", str(summary["jobs"]))
+    if summary["jobs"] != summary["manifest_jobs"]:
+        table.add_row("jobs in the manifest", str(summary["manifest_jobs"]))
     if summary["duplicates_merged"]:
         table.add_row("identical jobs merged", str(summary["duplicates_merged"]))
     table.add_row("unique requests", str(summary["unique_requests"]))

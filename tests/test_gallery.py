@@ -5,41 +5,15 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import subprocess
-import tempfile
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 import runner
 
+from browser import chromium, needs_chromium, page_tags
+
 XSS = ['<script>alert("pwned")</script>', "<img src=x onerror=alert(1)>"]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=10000",
-    "--window-size=1280,900",
-]
-
-
-class Tags(HTMLParser):
-    """Every element of a page with its attributes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[tuple[str, dict[str, str]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.found.append((tag, {k: v or "" for k, v in attrs}))
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +35,6 @@ def gallery_run(tmp_path_factory) -> Path:
     return folder / "out"
 
 
-def chromium(*args: str) -> str:
-    assert CHROMIUM, "chromium is not installed (.ci/run installs it)"
-    with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run(
-            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
 def test_gallery_escapes_untrusted_text(gallery_run):
     page = (gallery_run / "gallery.html").read_text(encoding="utf-8")
     assert page.count("<script>") == 1  # the page's own
@@ -82,22 +43,19 @@ def test_gallery_escapes_untrusted_text(gallery_run):
     assert "http" not in page.replace("http-equiv", "")  # no network: nothing fetched
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed (CI installs it)"
-)
+@needs_chromium
 def test_gallery_in_chromium_shows_every_image_and_prompt_and_no_injected_markup(
     gallery_run, tmp_path
 ):
     page = (gallery_run / "gallery.html").resolve().as_uri()
     dom = chromium("--dump-dom", page)
-    tags = Tags()
-    tags.feed(dom)
-    images = [attrs for name, attrs in tags.found if name == "img"]
+    tags = page_tags(dom)
+    images = [attrs for name, attrs in tags if name == "img"]
     assert len(images) == 12
     assert all(a.get("data-loaded") == "1" for a in images), images  # loaded from disk
     assert all(a["src"].startswith("images/") for a in images)
     assert not any(k.startswith("on") for a in images for k in a)
-    assert [name for name, _ in tags.found].count("script") == 1
+    assert [name for name, _ in tags].count("script") == 1
     assert dom.count('&lt;script&gt;alert("pwned")&lt;/script&gt;') >= 6
     assert dom.count("&lt;img src=x onerror=alert(1)&gt;") >= 6
     for prompt in runner.plan(gallery_run.parent / "m.yaml"):
