@@ -40,6 +40,8 @@ from .ratelimit import RateLimiter
 MAX_THROTTLES_PER_SUBMISSION = 100
 SUBMIT_SHIELD_S = 90  # a submission in progress finishes (or times out) even on Ctrl-C
 PROGRESS_MARGIN_S = 0.02  # poll this long after the end that progress predicts
+PROGRESS_AGREEMENT_S = 1.5  # progress and estimated_time must agree this well ...
+PROGRESS_HORIZON_S = 3.0  # ... for a poll this far ahead to be guided by progress
 LINK_SAFETY_S = 600  # treat a link as expired this long before its 24 h are up
 
 
@@ -259,12 +261,16 @@ class Engine:
         first_wait: float | None = None,
     ) -> Task:
         """Poll a task until its status is final; transient poll errors only delay it."""
-        first = self.first_poll.delay(estimated) if first_wait is None else first_wait
-        delays = self.timing.poll_delays(first, self._rng)
+        started = time.monotonic()
+        learning = first_wait is None
+        if learning:
+            await self._wait_first_poll(started, estimated, deadline)
+        delays = self.timing.poll_delays(first_wait or 0.0, self._rng)
         wait = next(delays)
         polls = 0
-        started = time.monotonic() if first_wait is None else None
-        trust_progress = started is not None
+        first_done = False
+        last_running = 0.0
+        trust_progress = learning
         while True:
             await anyio.sleep(max(0.0, min(wait, deadline - time.time())))
             try:
@@ -277,18 +283,37 @@ class Engine:
                 continue
             polls += 1
             self._key_verified = True
-            if polls == 1 and first_wait is None:
-                self.first_poll.observe(estimated, task.is_final, self._slots.borrowed_tokens)
+            if polls == 1:
+                first_done = task.is_final
+            elapsed = (time.monotonic() - started) / (self.timing.scale or 1.0)
             if task.is_final:
+                if learning:
+                    self.first_poll.observe(estimated, first_done, elapsed, last_running)
                 return task
+            last_running = elapsed
             if time.time() >= deadline:
                 raise TaskTimeout(task_id, self.settings.task_timeout)
             wait = next(delays)
-            if trust_progress and started is not None:
-                predicted = _end_from_progress(task, time.monotonic() - started)
-                if predicted is not None and predicted * self.timing.scale < wait:
+            if trust_progress:
+                predicted = _end_from_progress(task, elapsed)
+                if predicted is not None and (
+                    predicted * self.timing.scale < wait
+                    or _agrees_with_estimate(elapsed + predicted, estimated, predicted)
+                ):
                     wait = predicted * self.timing.scale
-                    trust_progress = False  # one early poll; if it misses, stop guessing
+                    trust_progress = False  # one guided poll; if it misses, stop guessing
+
+    async def _wait_first_poll(
+        self, started: float, estimated: float | None, deadline: float
+    ) -> None:
+        """Sleep until the first poll is due, reading the learned delay again as we go."""
+        chunk = 0.25 * self.timing.scale
+        while True:
+            due = started + self.first_poll.delay(estimated) * self.timing.scale
+            remaining = min(due - time.monotonic(), deadline - time.time())
+            if remaining <= 0:
+                return
+            await anyio.sleep(min(remaining, chunk) if chunk > 0 else remaining)
 
     async def _download(self, job: Job, url: str) -> None:
         retrying = AsyncRetrying(
@@ -324,6 +349,17 @@ def _end_from_progress(task: Task, elapsed: float) -> float | None:
     if task.status != "processing" or not 0 < task.progress < 100:
         return None
     return elapsed * (100 / task.progress - 1) + PROGRESS_MARGIN_S
+
+
+def _agrees_with_estimate(total: float, estimated: float | None, remaining: float) -> bool:
+    """Trust progress for a later poll only when its predicted total duration matches the
+    API's own estimate (progress stuck at 50% would not) and the end is near."""
+    return (
+        estimated is not None
+        and estimated > 0
+        and abs(total - estimated) <= PROGRESS_AGREEMENT_S
+        and remaining <= PROGRESS_HORIZON_S
+    )
 
 
 def _has_task(record: JobRecord | None) -> bool:

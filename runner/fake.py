@@ -55,6 +55,9 @@ class FakeOptions:
     max_in_progress: int | None = None  # unfinished tasks allowed before 429
     link_ttl: float = 24 * 3600  # seconds a result link (and the task) lives
     small_images: bool = False  # 1/16 of the real pixel size, for fast tests
+    estimate: str = "ceil"  # estimated_time: ceil/floor/round of the remaining time, or
+    # "constant" (always 100 s, as in the API's example), or "none" (left out)
+    linear_progress: bool = True  # progress grows with time; False: 0 until done
     seed: int | None = None
 
 
@@ -183,11 +186,13 @@ class FakeEvolink:
             "id": task.id,
             "model": MODEL,
             "object": "image.generation.task",
-            "progress": 100 if status == "completed" else int(100 * elapsed / task.duration),
+            "progress": 100
+            if status == "completed"
+            else (int(100 * elapsed / task.duration) if self.options.linear_progress else 0),
             "status": status,
             "task_info": {
                 "can_cancel": status in ("pending", "processing"),
-                "estimated_time": max(0, math.ceil(task.duration - elapsed))
+                "estimated_time": self._estimate(task.duration - elapsed)
                 if status != "completed"
                 else 0,
             },
@@ -205,6 +210,19 @@ class FakeEvolink:
         elif status == "failed":
             data["error"] = {"code": self.options.fail_code, "message": "generation failed"}
         return data
+
+    def _estimate(self, remaining: float) -> int | None:
+        remaining = max(0.0, remaining)
+        kind = self.options.estimate
+        if kind == "none":
+            return None
+        if kind == "constant":
+            return 100
+        if kind == "floor":
+            return math.floor(remaining)
+        if kind == "round":
+            return round(remaining)
+        return math.ceil(remaining)
 
     def _live_task(self, task_id: str) -> _Task | None:
         task = self.tasks.get(task_id.removesuffix(".png"))

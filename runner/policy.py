@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -52,36 +53,57 @@ class Timing:
 class FirstPoll:
     """Learns when tasks really end relative to the API's ``estimated_time``.
 
-    The first poll of a task is at ``estimated_time + offset``. The offset tracks a
-    quantile online: it moves earlier when a task was already done at its first poll and
-    later when it was not, settling where about ``DONE_SHARE`` of tasks are done at the
-    first poll. Integer-rounded, exact and meaningless estimates all converge this way.
+    Each finished task leaves a residual: when it ended (known to half a poll step when
+    it was still running at its first poll, else taken as one step before that poll)
+    minus its estimate (0 when the API gives none). The first poll of a task is at
+    ``estimated_time`` plus the ``QUANTILE`` of recent residuals, so that about that
+    share of tasks is already done then. Waiting tasks read it again as they wait, so
+    what one task teaches applies at once. Until the residuals have shown how long tasks
+    take, a first poll never waits longer than ``max(PROBE_MIN, 2 x the longest task
+    seen)``: an estimate that means nothing (a constant, say) cannot stall a run.
     """
 
-    DONE_SHARE = 0.25
-    STEP = 0.2  # seconds per observation, scaled by the estimate's size
-    LATEST = 0.5  # never first poll later than this past the estimate
+    QUANTILE = 0.3
+    PRIOR_OFFSET = -0.6  # before any task finished: integer estimates rounded up
+    MIN_SAMPLES = 3
+    PROBE_MIN = 5.0
+    MEMORY = 200
 
-    def __init__(self, timing: Timing, offset: float = -0.6) -> None:
+    def __init__(self, timing: Timing) -> None:
         self.timing = timing
-        self.offset = offset
+        self._with: deque[float] = deque(maxlen=self.MEMORY)  # residuals, estimate known
+        self._without: deque[float] = deque(maxlen=self.MEMORY)  # durations, no estimate
+        self._longest_running = 0.0  # the longest time a task was seen still running
 
     def delay(self, estimated_time: float | None) -> float:
-        """Seconds from submission to the first poll."""
+        """Seconds from submission to the first poll (read again while waiting)."""
         if estimated_time is None or estimated_time <= 0:
-            return self.timing.first_poll_unknown
-        return max(self.timing.first_poll_min, estimated_time + self.offset)
+            wanted = self._quantile(self._without, self.timing.first_poll_unknown)
+        else:
+            wanted = estimated_time + self._quantile(self._with, self.PRIOR_OFFSET)
+        cap = max(self.PROBE_MIN, 2 * self._longest_running)
+        return max(self.timing.first_poll_min, min(wanted, cap))
 
     def observe(
-        self, estimated_time: float | None, done_at_first_poll: bool, in_flight: int = 1
+        self,
+        estimated_time: float | None,
+        done_at_first_poll: bool,
+        seen_after: float,
+        last_running: float,
     ) -> None:
-        """One task's first poll found it done or not. Verdicts arrive ``in_flight`` at
-        a time for polls scheduled under one offset, so each moves it that much less."""
+        """A task finished: first seen done ``seen_after`` seconds from submission, last
+        seen running at ``last_running`` (0 if never)."""
+        self._longest_running = max(self._longest_running, last_running)
+        step = self.timing.poll_step
+        ended = seen_after - step if done_at_first_poll else seen_after - step / 2
+        ended = max(ended, last_running)
         if estimated_time is None or estimated_time <= 0:
-            return
-        step = self.STEP * max(1.0, estimated_time / 10) / max(1, in_flight)
-        if done_at_first_poll:
-            self.offset -= step * (1 - self.DONE_SHARE)
+            self._without.append(ended)
         else:
-            self.offset += step * self.DONE_SHARE
-        self.offset = min(max(self.offset, -estimated_time), self.LATEST)
+            self._with.append(ended - estimated_time)
+
+    def _quantile(self, values: deque[float], prior: float) -> float:
+        if len(values) < self.MIN_SAMPLES:
+            return prior
+        ordered = sorted(values)
+        return ordered[int(self.QUANTILE * (len(ordered) - 1))]

@@ -18,3 +18,12 @@ def test_linear_progress_predicts_the_end_from_above():
 )
 def test_progress_says_nothing_when_pending_empty_or_full(status, progress):
     assert _end_from_progress(Task(id="t", status=status, progress=progress), 2.0) is None
+
+
+def test_progress_guides_a_later_poll_only_when_it_agrees_with_the_estimate():
+    from runner.engine import _agrees_with_estimate
+
+    assert _agrees_with_estimate(total=3.4, estimated=3, remaining=1.0)
+    assert not _agrees_with_estimate(total=6.0, estimated=3, remaining=1.0)  # e.g. stuck at 50%
+    assert not _agrees_with_estimate(total=3.4, estimated=None, remaining=1.0)
+    assert not _agrees_with_estimate(total=30.0, estimated=30, remaining=10.0)  # too far ahead

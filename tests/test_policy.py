@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+
 from runner.policy import FirstPoll, Timing
 
 
@@ -30,33 +32,47 @@ def test_scaled_timing_shrinks_every_wait():
     assert fast.backoff(1, random.Random()) == 0.01
 
 
+def simulate(first: FirstPoll, estimate: float | None, durations) -> None:
+    """Tasks run one after another; polls every poll_step after the first."""
+    step = first.timing.poll_step
+    for duration in durations:
+        at = first.delay(estimate)
+        last_running = 0.0
+        while at < duration:
+            last_running, at = at, at + step
+        first.observe(estimate, last_running == 0.0, at, last_running)
+
+
 def test_first_poll_settles_where_the_chosen_share_of_tasks_is_already_done():
     rng = random.Random(3)
     first = FirstPoll(Timing())
-    settled = []
-    for i in range(3000):  # tasks end uniformly in the second before the estimate
-        estimate = 4.0
-        end = estimate - rng.random()
-        first.observe(estimate, done_at_first_poll=end <= first.delay(estimate))
-        if i >= 1000:
-            settled.append(first.offset)
-    assert abs(sum(settled) / len(settled) - (FirstPoll.DONE_SHARE - 1)) < 0.05
+    simulate(first, 4.0, [4.0 - rng.random() for _ in range(400)])  # ceil-rounded estimates
+    done_early = sum(4.0 - rng.random() <= first.delay(4.0) for _ in range(2000)) / 2000
+    assert abs(done_early - FirstPoll.QUANTILE) < 0.12
+
+
+def test_first_poll_learns_that_estimates_are_rounded_down():
+    rng = random.Random(4)
+    first = FirstPoll(Timing())
+    assert first.delay(3.0) < 3.0  # the prior: estimates rounded up
+    simulate(first, 3.0, [3.0 + rng.random() for _ in range(50)])
+    assert first.delay(3.0) > 3.1
 
 
 def test_first_poll_learns_that_an_estimate_means_nothing():
     first = FirstPoll(Timing())
-    for _ in range(2000):  # the API always says 100 s; tasks take 2 s
-        first.observe(100.0, done_at_first_poll=first.delay(100.0) >= 2.0)
-    assert first.delay(100.0) < 4.0
+    assert first.delay(100.0) == FirstPoll.PROBE_MIN  # never trusted blindly
+    simulate(first, 100.0, [2.0] * 100)  # the API always says 100 s; tasks take 2 s
+    assert first.delay(100.0) < 3.0
+
+
+def test_a_burst_of_tasks_done_at_first_poll_moves_the_first_poll_one_step():
+    first = FirstPoll(Timing())
+    before = first.delay(2.0)
+    for _ in range(50):
+        first.observe(2.0, done_at_first_poll=True, seen_after=before, last_running=0.0)
+    assert first.delay(2.0) == pytest.approx(before - Timing().poll_step)
 
 
 def test_without_an_estimate_the_first_poll_uses_the_default():
     assert FirstPoll(Timing()).delay(None) == Timing().first_poll_unknown
-
-
-def test_a_burst_of_verdicts_from_tasks_in_flight_moves_the_first_poll_only_a_little():
-    first = FirstPoll(Timing())
-    before = first.offset
-    for _ in range(50):  # 50 tasks scheduled together all report "already done"
-        first.observe(2.0, done_at_first_poll=True, in_flight=50)
-    assert before - first.offset <= FirstPoll.STEP
