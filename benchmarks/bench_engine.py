@@ -97,7 +97,8 @@ async def run_runner(options: FakeOptions, jobs: int, concurrency: int) -> FakeE
 
 
 async def run_naive(options: FakeOptions, jobs: int, concurrency: int) -> FakeEvolink:
-    """What people write first: a semaphore, submit, poll every second, download."""
+    """What people write first: a semaphore, submit, poll every second, download.
+    (A fresh fake with the same options and seed: the same task durations.)"""
     app = create_app(options)
     limit = anyio.Semaphore(concurrency)
     async with httpx.AsyncClient(
@@ -149,10 +150,7 @@ def scenario_concurrency(scale: float) -> str:
     jobs, slots = int(200 * scale), 50
     options = FakeOptions(task_seconds=(1.0, 2.0), small_images=True, seed=11)
     mine = anyio.run(run_runner, options, jobs, slots)
-    naive = anyio.run(
-        run_naive, FakeOptions(task_seconds=(1.0, 2.0), small_images=True, seed=11), jobs, slots
-    )
-    m, n = measure(mine), measure(naive)
+    m, n = measure(mine), measure(anyio.run(run_naive, options, jobs, slots))
     ideal = ideal_busy([t.duration for t in mine.tasks.values()], slots)
     return row(
         f"{jobs} jobs, tasks 1-2 s, {slots} in flight: busy time",
@@ -169,16 +167,7 @@ def scenario_rate(scale: float) -> str:
         task_seconds=(1.0, 2.0), small_images=True, seed=12, rate_limit=rate, burst=4
     )
     mine = measure(anyio.run(run_runner, options, jobs, 20))
-    naive = measure(
-        anyio.run(
-            run_naive,
-            FakeOptions(
-                task_seconds=(1.0, 2.0), small_images=True, seed=12, rate_limit=rate, burst=4
-            ),
-            jobs,
-            20,
-        )
-    )
+    naive = measure(anyio.run(run_naive, options, jobs, 20))
     ideal = jobs / rate
     share = mine.throttled / (mine.submissions + mine.throttled)
     return row(
@@ -194,11 +183,7 @@ def scenario_polling(scale: float) -> list[str]:
     jobs = int(60 * scale)
     options = FakeOptions(task_seconds=(2.0, 6.0), small_images=True, seed=13)
     mine = measure(anyio.run(run_runner, options, jobs, jobs))
-    naive = measure(
-        anyio.run(
-            run_naive, FakeOptions(task_seconds=(2.0, 6.0), small_images=True, seed=13), jobs, jobs
-        )
-    )
+    naive = measure(anyio.run(run_naive, options, jobs, jobs))
     return [
         row(
             f"{jobs} jobs of 2-6 s: polls per task",
