@@ -287,14 +287,27 @@ def fake_server(
     refuse_status: Annotated[
         int | None, typer.Option(help="Answer every submission with this status (401/402/403).")
     ] = None,
+    estimate: Annotated[
+        str,
+        typer.Option(
+            help="estimated_time: ceil, floor or round of the remaining "
+            "seconds, constant (100) or none."
+        ),
+    ] = "ceil",
+    linear_progress: Annotated[
+        bool, typer.Option(help="progress grows with time (else 0 until done).")
+    ] = True,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
 ) -> None:
     """Serve the fake Evolink API on loopback (for trying runner and for tests).
 
     Example: runner fake-server --port 8765 --fail-rate 0.1 --rate-limit 5
     """
-    from .fake import FakeOptions, serve
+    from .fake import ESTIMATES, FakeOptions, serve
 
+    if estimate not in ESTIMATES:
+        err.print(f"runner: error: --estimate takes one of {', '.join(ESTIMATES)}", markup=False)
+        raise typer.Exit(2)
     low, _, high = task_seconds.partition(",")
     try:
         seconds = (float(low), float(high or low))
@@ -316,6 +329,8 @@ def fake_server(
         max_in_progress=max_in_progress,
         link_ttl=link_ttl,
         small_images=small_images,
+        estimate=estimate,
+        linear_progress=linear_progress,
         seed=seed,
     )
     err.print(f"fake Evolink server on http://{host}:{port} (Ctrl-C to stop)", markup=False)

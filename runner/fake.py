@@ -35,6 +35,7 @@ ERROR_TYPES = {
     503: ("service_unavailable", "api_error"),
 }
 CREDITS = {"low": 1.0, "medium": 2.5, "high": 6.0, "auto": 2.5}
+ESTIMATES = ("ceil", "floor", "round", "constant", "none")
 
 
 @dataclass

@@ -151,3 +151,8 @@ def test_plan_and_schema_write_only_json_to_stdout(batch, monkeypatch):
     human = CliRunner().invoke(app, ["plan", "m.yaml"])
     assert human.exit_code == 0 and human.stdout == ""
     assert "150" in human.stderr
+
+
+def test_fake_server_refuses_an_unknown_estimate_kind():
+    result = CliRunner().invoke(app, ["fake-server", "--estimate", "sideways"])
+    assert result.exit_code == 2 and "--estimate" in result.stderr
