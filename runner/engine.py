@@ -180,7 +180,7 @@ class Engine:
                 raise TaskFailed(
                     task.error_code or task.status,
                     task.error_message or f"task ended {task.status}",
-                    retryable=task_failure_is_retryable(task.error_code),
+                    retryable=_worth_resubmitting(task),
                 )
             url = task.results[0]
             self.journal.mark_result(job.job_id, url)
@@ -360,6 +360,14 @@ def _agrees_with_estimate(total: float, estimated: float | None, remaining: floa
         and abs(total - estimated) <= PROGRESS_AGREEMENT_S
         and remaining <= PROGRESS_HORIZON_S
     )
+
+
+def _worth_resubmitting(task: Task) -> bool:
+    """A failure with a retryable code, or a 'completed' task without results, is worth
+    sending again; a status the API does not document (e.g. 'cancelled') is final."""
+    if task.status == "failed":
+        return task_failure_is_retryable(task.error_code)
+    return task.status == "completed"
 
 
 def _has_task(record: JobRecord | None) -> bool:

@@ -27,3 +27,19 @@ def test_progress_guides_a_later_poll_only_when_it_agrees_with_the_estimate():
     assert not _agrees_with_estimate(total=6.0, estimated=3, remaining=1.0)  # e.g. stuck at 50%
     assert not _agrees_with_estimate(total=3.4, estimated=None, remaining=1.0)
     assert not _agrees_with_estimate(total=30.0, estimated=30, remaining=10.0)  # too far ahead
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "worth"),
+    [
+        ("failed", "service_error", True),
+        ("failed", "content_policy_violation", False),
+        ("failed", 500, True),
+        ("cancelled", None, False),
+        ("completed", None, True),
+    ],
+)
+def test_which_task_endings_are_worth_resubmitting(status, code, worth):
+    from runner.engine import _worth_resubmitting
+
+    assert _worth_resubmitting(Task(id="t", status=status, error_code=code)) is worth
