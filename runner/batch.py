@@ -47,7 +47,7 @@ class RunOptions:
     fake: bool = False
     fake_options: FakeOptions | None = None
     transport: httpx.AsyncBaseTransport | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr
     concurrency: int | None = None
     rate: float | None = None
     max_attempts: int | None = None

@@ -66,3 +66,8 @@ def test_hugging_face_imagefolder_loads_the_images_with_their_columns(tmp_path, 
     assert loaded.num_rows == 6
     assert {"image", "job_id", "prompt", "name", "sample"} <= set(loaded.column_names)
     assert loaded[0]["image"].size == (loaded[0]["width"], loaded[0]["height"])
+
+
+def test_run_options_never_show_the_key():
+    options = runner.RunOptions(api_key="sk-very-secret")
+    assert "sk-very-secret" not in repr(options) and "sk-very-secret" not in str(options)
