@@ -162,6 +162,12 @@ async def _run_in_dir(
         frame = write_outputs(out_dir, plan, records, info, shown)
     if interrupted:
         raise RunInterrupted(f"interrupted; state saved in {out_dir}, rerun to continue", frame)
+    if engine.unreachable is not None:
+        raise RunAborted(
+            f"cannot reach the API at {client.base_url} ({engine.unreachable}); nothing was "
+            "submitted; check --base-url / EVOLINK_BASE_URL and the network, then rerun",
+            frame,
+        )
     if engine.fatal is not None:
         raise RunAborted(
             f"the API refused the run ({engine.fatal}); submitting stopped, finished work is "
@@ -252,6 +258,8 @@ def _invocation_summary(
         if interrupted
         else "aborted"
         if engine.fatal
+        else "unreachable"
+        if engine.unreachable
         else ("budget" if engine.budget_stop else "finished")
     )
     return {

@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from .download import download_image
 from .errors import (
     ApiError,
+    ApiUnreachable,
     DownloadError,
     FatalApiError,
     LinkExpired,
@@ -89,6 +90,7 @@ class Engine:
         self.reporter = reporter or Reporter()
         self.limiter = RateLimiter(settings.rate)
         self.fatal: FatalApiError | None = None
+        self.unreachable: ApiUnreachable | None = None  # the API never answered at all
         self.budget_stop = False
         self._rng = random.Random(seed)
         self.first_poll = FirstPoll(self.timing)
@@ -142,10 +144,13 @@ class Engine:
         except FatalApiError as error:
             self._fatal(error)  # the task, if any, stays in the journal for a rerun
             self.reporter.unsent()
+        except ApiUnreachable as error:  # a wrong URL or no network, not this job's fault
+            self.journal.mark_unsent(job.job_id)
+            self.unreachable = self.unreachable or error
+            self.stop_submitting()
+            self.reporter.unsent()
         except Exception as error:
-            code = getattr(error, "code", None)
-            self.journal.mark_failed(job.job_id, str(error), code)
-            self.reporter.failed(job, str(error))
+            self._failed(job, error)
         else:
             self.reporter.completed(job)
         finally:
@@ -202,10 +207,22 @@ class Engine:
             self.reporter.flight_ended()
 
     async def _submit(self, job: Job, estimate: float) -> Task:
+        """Until one submission got through, submissions go one at a time, and the one
+        going retries its network errors itself: a refused key or an unreachable API
+        costs a few requests, not a few per slot."""
         if self._key_verified:
             return await self._send(job, estimate)
         async with self._probe:
-            return await self._send(job, estimate)
+            for attempt in range(1, self.settings.max_attempts + 1):
+                try:
+                    return await self._send(job, estimate)
+                except NetworkError as error:
+                    if self._key_verified:
+                        raise
+                    if attempt == self.settings.max_attempts:
+                        raise ApiUnreachable(str(error)) from None
+                    await anyio.sleep(self.timing.backoff(attempt, self._rng))
+            raise AssertionError("the loop above returns or raises")
 
     async def _send(self, job: Job, estimate: float) -> Task:
         """Submit once, waiting out 429s (they do not use up an attempt)."""
@@ -336,6 +353,10 @@ class Engine:
         except NetworkError as error:
             raise DownloadFailed(f"download failed after retries: {error}") from None
         self.journal.mark_completed(job.job_id, info)
+
+    def _failed(self, job: Job, error: Exception) -> None:
+        self.journal.mark_failed(job.job_id, str(error), getattr(error, "code", None))
+        self.reporter.failed(job, str(error))
 
     def _fatal(self, error: FatalApiError) -> None:
         if self.fatal is None:

@@ -11,6 +11,7 @@ RunnerError                      root; ``exit_code`` tells the CLI how to end
 │   ├── BadRequest               400 and other 4xx: never retried
 │   └── TaskNotFound             404 on a task query: unknown or expired
 ├── NetworkError                 the request never got an answer
+│   └── ApiUnreachable           no request ever reached the API (wrong URL, no network)
 ├── TaskFailed                   the task ended ``failed`` (``retryable`` by its code)
 ├── TaskTimeout                  no final status within ``task_timeout``
 ├── DownloadError                a result could not be fetched or is not a whole image
@@ -131,6 +132,12 @@ class NetworkError(RunnerError):
     """Raised when a request got no answer (connection refused, reset, timed out)."""
 
     retryable = True
+
+
+class ApiUnreachable(NetworkError):
+    """Raised when not a single request reached the API: a wrong URL or no network."""
+
+    retryable = False
 
 
 class TaskFailed(RunnerError):

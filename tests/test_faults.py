@@ -13,7 +13,7 @@ import pytest
 from runner.batch import LOCK_NAME
 from runner.errors import OutputDirError, RunAborted
 
-from conftest import API_KEY
+from conftest import API_KEY, FAST
 from helpers import FakeApi, write_manifest
 
 
@@ -202,3 +202,36 @@ def test_max_credits_stops_submitting_before_the_budget_is_passed(tmp_path):
     assert api.fake.counts["submissions"] == 4
     assert (outcome.frame["status"] == "completed").sum() == 4
     assert (outcome.frame["status"] == "pending").sum() == 6
+
+
+def test_an_unreachable_api_stops_at_once_and_leaves_every_job_pending(tmp_path):
+    import anyio
+    import httpx
+
+    from runner.batch import RunOptions, run_plan
+    from runner.expand import plan_file
+
+    calls = []
+
+    def refuse(request):
+        calls.append(request)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    manifest = write_manifest(tmp_path, 20)
+    options = RunOptions(
+        out=tmp_path / "out",
+        base_url="http://nowhere.test",
+        api_key=API_KEY,
+        transport=httpx.MockTransport(refuse),
+        timing=FAST,
+        handle_signals=False,
+        concurrency=8,
+        max_attempts=3,
+    )
+    with pytest.raises(RunAborted, match="cannot reach the API") as caught:
+        anyio.run(run_plan, plan_file(manifest), options)
+    assert len(calls) == 3  # one job's attempts (max_attempts=3), not every job's
+    assert set(caught.value.results["status"]) == {"pending"}
+
+    again = FakeApi().run(manifest, tmp_path / "out")  # the URL fixed: the rerun finishes
+    assert (again.frame["status"] == "completed").all()
