@@ -279,6 +279,9 @@ def fake_server(
     truncate_rate: Annotated[float, typer.Option(help="Share of downloads cut short.")] = 0.0,
     rate_limit: Annotated[float | None, typer.Option(help="Submissions/s before 429.")] = None,
     burst: Annotated[int, typer.Option(help="Burst size for --rate-limit.")] = 1,
+    whole_retry_after: Annotated[
+        bool, typer.Option("--whole-retry-after", help="Retry-After in whole seconds.")
+    ] = False,
     max_in_progress: Annotated[int | None, typer.Option(help="Unfinished tasks allowed.")] = None,
     link_ttl: Annotated[float, typer.Option(help="Seconds a result link lives.")] = 86400.0,
     small_images: Annotated[bool, typer.Option("--small-images", help="1/16-size PNGs.")] = False,
@@ -331,6 +334,7 @@ def fake_server(
         small_images=small_images,
         estimate=estimate,
         linear_progress=linear_progress,
+        whole_retry_after=whole_retry_after,
         seed=seed,
     )
     err.print(f"fake Evolink server on http://{host}:{port} (Ctrl-C to stop)", markup=False)

@@ -53,6 +53,7 @@ class FakeOptions:
     truncate_rate: float = 0.0  # share of downloads cut short
     rate_limit: float | None = None  # submissions per second before 429
     burst: int = 1  # token bucket size for ``rate_limit``
+    whole_retry_after: bool = False  # Retry-After in whole seconds (rounded up), not exact
     max_in_progress: int | None = None  # unfinished tasks allowed before 429
     link_ttl: float = 24 * 3600  # seconds a result link (and the task) lives
     small_images: bool = False  # 1/16 of the real pixel size, for fast tests
@@ -116,7 +117,8 @@ class FakeEvolink:
         wait = self._take_token()
         if wait is not None:
             self.counts["submit_429"] += 1
-            return self._error(429, headers={"Retry-After": f"{wait:.3f}"})
+            header = str(math.ceil(wait)) if self.options.whole_retry_after else f"{wait:.3f}"
+            return self._error(429, headers={"Retry-After": header})
         if self._too_many_in_progress():
             self.counts["submit_429"] += 1
             return self._error(429, "too many tasks in progress", headers={"Retry-After": "1"})

@@ -106,9 +106,9 @@ class RateLimiter:
 
     def _first_estimate(self, retry_after: float | None) -> float:
         """What the API accepted over the last second, and never more than a token
-        bucket's Retry-After (one token's interval, 1/rate) allows; slow start goes on
-        from there until a 429 sets the ceiling."""
+        bucket's sub-second Retry-After (one token's interval, 1/rate) allows; slow start
+        goes on from there until a 429 sets the ceiling."""
         seen = len(self._accepted) / (self.WINDOW / 2)
-        if retry_after is not None and retry_after > 0:
+        if retry_after is not None and 0 < retry_after < 1:  # whole seconds are rounding
             seen = min(seen, 1.0 / retry_after) if seen else 1.0 / retry_after
         return max(self.MIN_RATE, seen)

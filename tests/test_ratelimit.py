@@ -63,3 +63,12 @@ def test_fixed_rate_is_not_changed_by_429():
     limiter = RateLimiter(3.0)
     limiter.throttled_for(0.01)
     assert limiter.rate == 3.0
+
+
+def test_a_whole_second_retry_after_does_not_cap_the_first_estimate():
+    clock = Clock()
+    limiter = RateLimiter(None, clock=clock, sleep=clock.sleep)
+    for _ in range(4):
+        limiter.accepted()
+    limiter.throttled_for(1.0, generation=0)  # "Retry-After: 1" is rounding, not 1/s
+    assert limiter.rate == pytest.approx(4.0)
