@@ -105,10 +105,6 @@ class Engine:
         """No new submissions from now on; tasks in flight are still followed."""
         self._stopped = True
 
-    @property
-    def submitting_stopped(self) -> bool:
-        return self._stopped
-
     async def run(self, jobs: Sequence[Job], estimates: dict[str, float] | None = None) -> None:
         """Bring every job to completed or failed (or leave it pending if stopped)."""
         records = self.journal.records(job.job_id for job in jobs)

@@ -10,7 +10,7 @@ import ipaddress
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -162,7 +162,6 @@ class Task:
     error_code: str | int | None = None
     error_message: str = ""
     credits: float | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_final(self) -> bool:
@@ -192,7 +191,6 @@ class Task:
             error_code=error.get("code") if isinstance(error, Mapping) else None,
             error_message=str(error.get("message", "")) if isinstance(error, Mapping) else "",
             credits=_as_float(credits),
-            raw=data,
         )
 
 

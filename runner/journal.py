@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -145,10 +145,6 @@ class Journal:
         if job_ids is None:
             return records
         return {job_id: records[job_id] for job_id in job_ids if job_id in records}
-
-    def iter_records(self) -> Iterator[JobRecord]:
-        for row in self._db.execute("SELECT * FROM jobs ORDER BY job_id"):
-            yield JobRecord(**dict(row))
 
     # -- transitions -----------------------------------------------------------------
 

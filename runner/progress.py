@@ -88,9 +88,6 @@ class Reporter:
         pass
 
 
-NullReporter = Reporter
-
-
 class BarReporter(Reporter):
     """A live progress bar for a terminal."""
 
