@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import signal
 import threading
@@ -57,6 +58,7 @@ class RunOptions:
     timing: Timing = field(default_factory=Timing)
     reporter: Reporter | None = None
     handle_signals: bool = True
+    shards: int = 1  # the manifest's limits are shared by this many shards
 
 
 def run(
@@ -92,22 +94,27 @@ async def arun(
     sample: int | None = None,
     seed: int = 0,
     limit: int | None = None,
+    shard: str | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """``run`` for callers already inside an event loop. ``rows`` ("3,7-12"), ``only``,
-    ``where``, ``sample``/``seed`` and ``limit`` select jobs as on the command line."""
-    opts = RunOptions(out=out, base_url=base_url, fake=fake, **options)
+    ``where``, ``sample``/``seed``, ``limit`` and ``shard`` ("K/N") select jobs as on the
+    command line."""
+    selection = selection_from_options(rows, only, where, sample, seed, limit, shard)
+    count = selection.shard[1] if selection.shard else 1
+    opts = RunOptions(out=out, base_url=base_url, fake=fake, shards=count, **options)
     plan = plan_file(path)
-    selection = selection_from_options(rows, only, where, sample, seed, limit)
+    opts.out = plan.loaded.out_dir(out, selection.shard)
     jobs = None if selection.is_everything else selection.apply(plan)
     return await run_plan(plan, opts, jobs)
 
 
 def settings_for(loaded: LoadedManifest, opts: RunOptions) -> Settings:
     limits = loaded.manifest.limits
+    share = max(1, opts.shards)  # limits from the command line are per shard already
     return Settings(
-        concurrency=opts.concurrency or limits.concurrency,
-        rate=opts.rate if opts.rate is not None else limits.rate,
+        concurrency=opts.concurrency or max(1, math.ceil(limits.concurrency / share)),
+        rate=opts.rate if opts.rate is not None else (limits.rate and limits.rate / share),
         max_attempts=opts.max_attempts or limits.max_attempts,
         task_timeout=opts.task_timeout or limits.task_timeout,
         retry_failed=opts.retry_failed,
@@ -139,7 +146,7 @@ async def _run_in_dir(
 ) -> pd.DataFrame:
     loaded = plan.loaded
     todo = plan.jobs if selected is None else selected
-    with _exclusive(out_dir), Journal.open(out_dir) as journal:
+    with exclusive_dir(out_dir), Journal.open(out_dir) as journal:
         journal.claim(plan.name, out_dir)
         remove_partial_files(out_dir / "images")
         journal.start_invocation()
@@ -223,7 +230,7 @@ def _client(opts: RunOptions) -> EvolinkClient:
 
 
 @contextlib.contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
+def exclusive_dir(out_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the output dir: two runs never share it at once."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(f"{out_dir} exists and is not a directory")

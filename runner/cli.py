@@ -21,7 +21,7 @@ from .errors import RunnerError, RunStopped
 from .expand import Job, Plan, plan_file
 from .manifest import manifest_json_schema
 from .progress import make_reporter
-from .select import selection_from_options
+from .select import Selection, selection_from_options
 from .summary import plan_summary, print_plan, print_run_summary, report_from_dir
 
 app = typer.Typer(
@@ -57,6 +57,14 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --sample.")]
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", help="The first N selected jobs, in plan order.")
 ]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="Only shard K of N (K from 0), split by job id; default "
+        "output dir: outputs/<name>/shard-K-of-N.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -89,17 +97,20 @@ def _guard(action: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-def _select(
-    plan: Plan,
+def _selection(
     rows: str | None,
     only: list[str] | None,
     where: str | None,
     sample: int | None,
     seed: int,
     limit: int | None,
-) -> list[Job] | None:
+    shard: str | None,
+) -> Selection:
+    return _guard(lambda: selection_from_options(rows, only, where, sample, seed, limit, shard))
+
+
+def _select(plan: Plan, selection: Selection) -> list[Job] | None:
     """The selected jobs, or None when no selector was given (every job)."""
-    selection = _guard(lambda: selection_from_options(rows, only, where, sample, seed, limit))
     if selection.is_everything:
         return None
     return _guard(lambda: selection.apply(plan))
@@ -133,14 +144,16 @@ def plan(
     sample: SampleOpt = None,
     seed: SeedOpt = 0,
     limit: LimitOpt = None,
+    shard: ShardOpt = None,
 ) -> None:
     """Show the jobs, unique requests, estimated credits and first prompts; sends nothing.
 
     Example: runner plan manifests/marketing.yaml --json | jq .jobs
     """
     planned = _guard(lambda: plan_file(manifest))
-    selected = _select(planned, rows, only, where, sample, seed, limit)
-    out_dir = planned.loaded.out_dir(out)
+    selection = _selection(rows, only, where, sample, seed, limit, shard)
+    selected = _select(planned, selection)
+    out_dir = planned.loaded.out_dir(out, selection.shard)
     summary = plan_summary(planned, out_dir, selected)
     if as_json:
         sys.stdout.write(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
@@ -184,6 +197,7 @@ def run(
     sample: SampleOpt = None,
     seed: SeedOpt = 0,
     limit: LimitOpt = None,
+    shard: ShardOpt = None,
     max_credits: Annotated[
         float | None,
         typer.Option(min=0, help="Stop submitting before reserved credits would pass this."),
@@ -198,10 +212,12 @@ def run(
     from .batch import RunOptions, run_plan  # the engine's imports (pandas, httpx) load here
 
     planned = _guard(lambda: plan_file(manifest))
-    selected = _select(planned, rows, only, where, sample, seed, limit)
+    selection = _selection(rows, only, where, sample, seed, limit, shard)
+    selected = _select(planned, selection)
+    out_dir = planned.loaded.out_dir(out, selection.shard)
     reporter = make_reporter(err)
     options = RunOptions(
-        out=out,
+        out=out_dir,
         base_url=base_url,
         fake=fake,
         concurrency=concurrency,
@@ -211,8 +227,8 @@ def run(
         retry_failed=retry_failed,
         max_credits=max_credits,
         reporter=reporter,
+        shards=selection.shard[1] if selection.shard else 1,
     )
-    out_dir = planned.loaded.out_dir(out)
     stopped: RunStopped | None = None
     try:
         frame = anyio.run(run_plan, planned, options, selected)
@@ -259,6 +275,41 @@ def compare(
 
     page = _guard(lambda: compare_runs(a, b, out))
     err.print(f"wrote {page}", markup=False)
+
+
+@app.command()
+def merge(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Output dirs (e.g. the shards).", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option(help="The merged output dir.", show_default=False)],
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            "-m",
+            help="The manifest: order the jobs as it does and report missing ones.",
+        ),
+    ] = None,
+) -> None:
+    """Merge output dirs of one manifest into one dir laid out like a single run.
+
+    Example: runner merge outputs/spring/shard-*-of-8 --out outputs/spring-all -m m.yaml
+    """
+    from .batch import exclusive_dir
+    from .merge import merge_runs
+
+    def action() -> None:
+        with exclusive_dir(out):
+            report = merge_runs(inputs, out, manifest)
+        err.print(
+            f"merged {len(inputs)} dirs into {out}: {report.jobs} jobs, "
+            f"{report.completed} completed, {len(report.duplicates)} present twice"
+            + (f", {len(report.missing)} missing from every input" if manifest is not None else ""),
+            markup=False,
+        )
+
+    _guard(action)
 
 
 @app.command()

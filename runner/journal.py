@@ -207,6 +207,15 @@ class Journal:
             (job_id, error, None if code is None else str(code), time.time()),
         )
 
+    def put(self, record: JobRecord) -> None:
+        """Write a whole record (``runner merge`` rebuilds a journal from results)."""
+        fields = list(JobRecord.__dataclass_fields__)
+        self._db.execute(
+            f"INSERT OR REPLACE INTO jobs({', '.join(fields)}) "
+            f"VALUES ({', '.join('?' for _ in fields)})",
+            [getattr(record, name) for name in fields],
+        )
+
     def reset_attempts(self, job_id: str) -> None:
         self._db.execute("UPDATE jobs SET attempts=0 WHERE job_id=?", (job_id,))
 

@@ -130,14 +130,14 @@ class LoadedManifest:
     def base_dir(self) -> Path:
         return self.path.parent
 
-    def out_dir(self, out: str | Path | None = None) -> Path:
-        """``--out``, else the manifest's ``output``, else ``outputs/<name>``; all
-        relative to the current dir."""
+    def out_dir(self, out: str | Path | None = None, shard: tuple[int, int] | None = None) -> Path:
+        """``--out`` exactly as given, else the manifest's ``output``, else
+        ``outputs/<name>`` (a shard: ``.../shard-K-of-N`` below it); all relative to the
+        current dir."""
         if out is not None:
             return Path(out)
-        if self.manifest.output:
-            return Path(self.manifest.output)
-        return Path("outputs") / self.name
+        base = Path(self.manifest.output) if self.manifest.output else Path("outputs") / self.name
+        return base / f"shard-{shard[0]}-of-{shard[1]}" if shard else base
 
     def line_of(self, *loc: str | int) -> int | None:
         return self.lines.line_of(loc)

@@ -151,16 +151,16 @@ def write_outputs(
 ) -> pd.DataFrame:
     """Write every output for ``jobs`` (of ``plan``); returns the results table."""
     frame = results_frame(plan, records, jobs)
-    write_if_changed(out_dir / "results.csv", _csv_bytes(frame))
-    write_if_changed(out_dir / "results.parquet", _parquet_bytes(frame))
+    write_if_changed(out_dir / "results.csv", csv_bytes(frame))
+    write_if_changed(out_dir / "results.parquet", parquet_bytes(frame))
     completed = [
         (job, records[job.job_id])
         for job in jobs
         if job_status(records.get(job.job_id)) == "completed"
     ]
-    write_if_changed(out_dir / "files.json", _json_bytes(_files_manifest(completed)))
-    write_if_changed(out_dir / "metadata.jsonl", _metadata_bytes(frame))
-    write_if_changed(out_dir / "run.json", _json_bytes(run_info))
+    write_if_changed(out_dir / "files.json", json_bytes(_files_manifest(completed)))
+    write_if_changed(out_dir / "metadata.jsonl", metadata_bytes(frame))
+    write_if_changed(out_dir / "run.json", json_bytes(run_info))
     names = input_column_names(plan)
     page = gallery_html(
         plan.name, frame, [names[c] for c in plan.columns], [names[k] for k in plan.matrix_keys]
@@ -169,12 +169,12 @@ def write_outputs(
     return frame
 
 
-def _csv_bytes(frame: pd.DataFrame) -> bytes:
+def csv_bytes(frame: pd.DataFrame) -> bytes:
     text = frame.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
     return text.encode("utf-8")
 
 
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata(
         {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
@@ -201,7 +201,7 @@ def _files_manifest(completed: Sequence[tuple[Job, JobRecord]]) -> list[dict[str
     ]
 
 
-def _metadata_bytes(frame: pd.DataFrame) -> bytes:
+def metadata_bytes(frame: pd.DataFrame) -> bytes:
     """Hugging Face ``imagefolder`` metadata: ``file_name`` + columns, completed jobs only."""
     done = frame[frame["status"] == "completed"]
     lines = []
@@ -212,7 +212,7 @@ def _metadata_bytes(frame: pd.DataFrame) -> bytes:
     return ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
 
 
-def _json_bytes(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
 
 

@@ -1,5 +1,6 @@
-"""Selecting jobs: ``--rows``, ``--only``, ``--where`` (an intersection), then
-``--sample N --seed S`` (a deterministic random N) and ``--limit N`` (the first N)."""
+"""Selecting jobs: ``--rows``, ``--only``, ``--where``, ``--shard K/N`` (an
+intersection), then ``--sample N --seed S`` (a deterministic random N) and ``--limit N``
+(the first N)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Selection:
     sample: int | None = None
     seed: int = 0
     limit: int | None = None
+    shard: tuple[int, int] | None = None  # (K, N): the jobs whose id hashes to K mod N
 
     @property
     def is_everything(self) -> bool:
@@ -49,6 +51,8 @@ class Selection:
                     f"no such job in this manifest: {', '.join(unknown)}", field="--only"
                 )
             jobs = [job for job in jobs if job.job_id in self.only]
+        if self.shard is not None:
+            jobs = [job for job in jobs if in_shard(job.job_id, *self.shard)]
         if self.where is not None:
             jobs = _where(self.where, jobs, plan)
         if self.sample is not None and self.sample < len(jobs):
@@ -57,6 +61,23 @@ class Selection:
         if self.limit is not None:
             jobs = jobs[: self.limit]
         return list(jobs)
+
+
+def in_shard(job_id: str, index: int, count: int) -> bool:
+    """Shards split by job id (a hash): the same manifest and N always give the same
+    parts, and adding rows never moves an existing job to another shard."""
+    return int(job_id, 16) % count == index
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``3/8`` → (3, 8); K counts from 0, as a Kubernetes Indexed Job's index does."""
+    found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not found:
+        raise ManifestError(f"{spec!r} is not K/N, e.g. 0/8", field="--shard")
+    index, count = int(found.group(1)), int(found.group(2))
+    if count < 1 or index >= count:
+        raise ManifestError(f"{spec!r}: K must be 0 to N-1", field="--shard")
+    return index, count
 
 
 def parse_rows(spec: str) -> frozenset[int]:
@@ -85,6 +106,7 @@ def selection_from_options(
     sample: int | None = None,
     seed: int = 0,
     limit: int | None = None,
+    shard: str | None = None,
 ) -> Selection:
     """Build a Selection from command-line values, checking them."""
     if where is not None and len(where) > WHERE_MAX_CHARS:
@@ -103,6 +125,7 @@ def selection_from_options(
         sample=sample,
         seed=seed,
         limit=limit,
+        shard=parse_shard(shard) if shard is not None else None,
     )
 
 

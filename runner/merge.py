@@ -1,0 +1,196 @@
+"""``runner merge``: several output dirs of one manifest (its shards, say) into one
+self-contained output dir with the layout of a single run: images hard-linked (or
+copied) into it, the tables, files.json, metadata.jsonl, gallery and run.json written
+again, and a journal rebuilt, so a later ``runner run`` resumes from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__ as VERSION
+from .errors import OutputDirError
+from .expand import plan_file
+from .gallery import gallery_html
+from .journal import JobRecord, Journal
+from .outputs import (
+    RESULT_COLUMNS,
+    csv_bytes,
+    json_bytes,
+    metadata_bytes,
+    parquet_bytes,
+    write_if_changed,
+)
+
+
+@dataclass
+class MergeReport:
+    """What a merge found."""
+
+    out: Path
+    jobs: int = 0
+    completed: int = 0
+    duplicates: list[str] = field(default_factory=list)  # job ids found in several inputs
+    missing: list[str] = field(default_factory=list)  # in the manifest, in no input
+
+
+def merge_runs(inputs: Sequence[Path], out: Path, manifest: Path | None = None) -> MergeReport:
+    """Merge ``inputs`` into ``out``; raises OutputDirError for unusable inputs."""
+    runs = [_load(folder) for folder in inputs]
+    names = {info["name"] for _, _, info, _ in runs}
+    if len(names) != 1:
+        raise OutputDirError(f"the inputs hold runs of different manifests: {sorted(names)}")
+    name = names.pop()
+    out.mkdir(parents=True, exist_ok=True)
+    report = MergeReport(out)
+    stacked = pd.concat(
+        [frame.assign(_source=index) for index, (_, frame, _, _) in enumerate(runs)],
+        ignore_index=True,
+    )
+    counts = stacked["job_id"].value_counts()
+    report.duplicates = sorted(counts[counts > 1].index)
+    # one row per job: a completed copy first, else the first input's
+    stacked["_rank"] = (stacked["status"] != "completed").astype(int)
+    merged = stacked.sort_values(["_rank", "_source"], kind="stable").drop_duplicates("job_id")
+    chosen = dict(zip(merged["job_id"], merged["_source"], strict=True))
+    merged = merged.drop(columns=["_rank", "_source"])
+    if manifest is not None:
+        plan = plan_file(manifest)
+        order = {job.job_id: i for i, job in enumerate(plan.jobs)}
+        present = set(merged["job_id"])
+        report.missing = [job.job_id for job in plan.jobs if job.job_id not in present]
+        merged = merged[merged["job_id"].isin(order)]
+        merged = merged.iloc[merged["job_id"].map(order).argsort()]
+    else:
+        merged = merged.sort_values(["row", "sample", "job_id"])
+    merged = merged.reset_index(drop=True)
+    kept = set(merged["job_id"])
+    files = [
+        entry
+        for index, (_, _, _, entries) in enumerate(runs)
+        for entry in entries
+        if entry["job_id"] in kept and chosen.get(entry["job_id"]) == index
+    ]
+    for entry in files:
+        _place(runs[chosen[entry["job_id"]]][0] / entry["path"], out / entry["path"])
+    sources = {str(folder): info.get("totals", {}) for folder, _, info, _ in runs}
+    report.jobs = len(merged)
+    report.completed = int((merged["status"] == "completed").sum())
+    _write(out, name, merged, files, runs, sources, report)
+    _rebuild_journal(out, name, merged, files)
+    return report
+
+
+def _load(folder: Path) -> tuple[Path, pd.DataFrame, dict[str, Any], list[dict[str, Any]]]:
+    try:
+        frame = pd.read_parquet(folder / "results.parquet")
+        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        entries = json.loads((folder / "files.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise OutputDirError(f"{folder} holds no complete run: {error}") from None
+    return folder, frame, info, entries
+
+
+def _place(source: Path, target: Path) -> None:
+    """Hard-link the image into the merged dir (copy across file systems)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        if target.stat().st_size == source.stat().st_size:
+            return
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _write(
+    out: Path,
+    name: str,
+    frame: pd.DataFrame,
+    files: list[dict[str, Any]],
+    runs: Sequence[Any],
+    sources: dict[str, Any],
+    report: MergeReport,
+) -> None:
+    write_if_changed(out / "results.csv", csv_bytes(frame))
+    write_if_changed(out / "results.parquet", parquet_bytes(frame))
+    write_if_changed(out / "files.json", json_bytes(files))
+    write_if_changed(out / "metadata.jsonl", metadata_bytes(frame))
+    resolved = runs[0][2].get("resolved_manifest") or {}
+    matrix_keys = list(resolved.get("matrix") or {})
+    matrix = [f"input_{k}" if k in RESULT_COLUMNS else k for k in matrix_keys]
+    columns = [c for c in frame.columns if c not in RESULT_COLUMNS and c not in matrix]
+    page = gallery_html(name, frame, columns, matrix)
+    write_if_changed(out / "gallery.html", page.encode("utf-8"))
+    counts = frame["status"].value_counts().to_dict()
+    info = {
+        "runner_version": VERSION,
+        "name": name,
+        "merged_from": sources,
+        "resolved_manifest": resolved,
+        "totals": {
+            "jobs": len(frame),
+            "completed": int(counts.get("completed", 0)),
+            "failed": int(counts.get("failed", 0)),
+            "pending": int(counts.get("pending", 0)),
+            "credits_reserved": float(frame["credits"].fillna(0).sum()),
+            "duplicates": len(report.duplicates),
+            "missing": len(report.missing),
+        },
+    }
+    write_if_changed(out / "run.json", json_bytes(info))
+
+
+def _rebuild_journal(
+    out: Path, name: str, frame: pd.DataFrame, files: list[dict[str, Any]]
+) -> None:
+    by_job = {entry["job_id"]: entry for entry in files}
+    with Journal.open(out) as journal:
+        journal.claim(name, out)
+        for row in frame.to_dict("records"):
+            status = str(row["status"])
+            if status == "pending":
+                continue
+            entry = by_job.get(str(row["job_id"]), {})
+            journal.put(
+                JobRecord(
+                    job_id=str(row["job_id"]),
+                    state=status,
+                    attempts=int(row["attempts"] or 0),
+                    task_id=_value(row.get("task_id")),
+                    submitted_at=_epoch(row.get("submitted_at")),
+                    completed_at=_epoch(row.get("completed_at")),
+                    result_url=entry.get("source_url"),
+                    credits=_value(row.get("credits")),
+                    credits_total=float(_value(row.get("credits")) or 0.0),
+                    error=_value(row.get("error")),
+                    file=_value(row.get("file")),
+                    sha256=_value(row.get("sha256")),
+                    width=_int(row.get("width")),
+                    height=_int(row.get("height")),
+                    bytes=_int(row.get("bytes")),
+                    media_type=entry.get("media_type"),
+                )
+            )
+
+
+def _value(value: Any) -> Any:
+    return None if value is None or value is pd.NA or pd.isna(value) else value
+
+
+def _int(value: Any) -> int | None:
+    value = _value(value)
+    return None if value is None else int(value)
+
+
+def _epoch(value: Any) -> float | None:
+    value = _value(value)
+    return None if value is None else pd.Timestamp(value).timestamp()
