@@ -144,7 +144,6 @@ async def _run_in_dir(
     out_dir: Path,
     selected: Sequence[Job] | None,
 ) -> pd.DataFrame:
-    loaded = plan.loaded
     todo = plan.jobs if selected is None else selected
     with exclusive_dir(out_dir), Journal.open(out_dir) as journal:
         journal.claim(plan.name, out_dir)
@@ -152,8 +151,7 @@ async def _run_in_dir(
         journal.start_invocation()
         reporter = opts.reporter or Reporter()
         engine = Engine(client, journal, out_dir, settings, timing=opts.timing, reporter=reporter)
-        prices = loaded.manifest.price_table()
-        estimates = {job.job_id: prices.get(job.quality or "auto", prices["auto"]) for job in todo}
+        estimates = {job.job_id: plan.estimate(job) for job in todo}
         started = time.time()
         interrupted = False
         try:

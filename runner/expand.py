@@ -89,10 +89,13 @@ class Plan:
         """Distinct request bodies: samples of one request count once."""
         return len({_request_key(job.request) for job in self.jobs})
 
-    def estimated_credits(self, jobs: Sequence[Job] | None = None) -> float:
+    def estimate(self, job: Job) -> float:
+        """Credits one job is expected to reserve, by its quality (the API's default: auto)."""
         prices = self.loaded.manifest.price_table()
-        chosen = self.jobs if jobs is None else jobs
-        return float(sum(prices.get(job.quality or "auto", prices["auto"]) for job in chosen))
+        return prices.get(job.quality or "auto", prices["auto"])
+
+    def estimated_credits(self, jobs: Sequence[Job] | None = None) -> float:
+        return float(sum(self.estimate(job) for job in (self.jobs if jobs is None else jobs)))
 
 
 def plan_file(path: str | Path) -> Plan:
