@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import OutputDirError
-from .gallery import MARK_LOADED_SCRIPT
+from .gallery import MARK_LOADED_SCRIPT, cell_text
 from .outputs import RESULT_COLUMNS, write_if_changed
 
 _STYLE = """
@@ -76,7 +76,7 @@ def _index(run: _Run, keys: list[str]) -> dict[tuple[Any, ...], dict[str, Any]]:
     index: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in run.frame.to_dict("records"):
         fields = {str(k): v for k, v in record.items()}
-        key = (int(fields["row"]), int(fields["sample"]), *(_text(fields.get(k)) for k in keys))
+        key = (int(fields["row"]), int(fields["sample"]), *(cell_text(fields.get(k)) for k in keys))
         index[key] = fields
     return dict(sorted(index.items()))
 
@@ -118,7 +118,7 @@ def _pair(
     right: _Run,
     out: Path,
 ) -> str:
-    marked_a, marked_b = _diff(_text(a.get("prompt")), _text(b.get("prompt")))
+    marked_a, marked_b = _diff(cell_text(a.get("prompt")), cell_text(b.get("prompt")))
     return (
         f'<section class="pair"><h3>{html.escape(_describe(key, keys))}</h3>'
         f'<div class="sides">{_side(a, left, out, marked_a)}{_side(b, right, out, marked_b)}'
@@ -128,8 +128,8 @@ def _pair(
 
 def _side(record: dict[str, Any], run: _Run, out: Path, prompt_html: str) -> str:
     esc = html.escape
-    file = _text(record.get("file"))
-    status = _text(record.get("status"))
+    file = cell_text(record.get("file"))
+    status = cell_text(record.get("status"))
     if status == "completed" and file:
         link = os.path.relpath(run.path / file, out).replace(os.sep, "/")
         picture = f'<img src="{esc(link)}" alt="">'
@@ -137,8 +137,8 @@ def _side(record: dict[str, Any], run: _Run, out: Path, prompt_html: str) -> str
         picture = f'<div class="missing">{esc(status)}</div>'
     return (
         f'<div class="side">{picture}<p class="prompt">{prompt_html}</p>'
-        f'<p class="meta">{esc(_text(record.get("size")))} '
-        f"{esc(_text(record.get('quality')))} · {esc(status)}</p></div>"
+        f'<p class="meta">{esc(cell_text(record.get("size")))} '
+        f"{esc(cell_text(record.get('quality')))} · {esc(status)}</p></div>"
     )
 
 
@@ -169,7 +169,7 @@ def _listing(
         return '<p style="margin:0 16px">none</p>'
     rows = "".join(
         f"<tr><td>{html.escape(_describe(k, keys))}</td>"
-        f"<td>{html.escape(_text(index[k].get('prompt')))}</td></tr>"
+        f"<td>{html.escape(cell_text(index[k].get('prompt')))}</td></tr>"
         for k in keys_list
     )
     return f"<table><tr><th>job</th><th>prompt</th></tr>{rows}</table>"
@@ -182,9 +182,3 @@ def _describe(key: tuple[Any, ...], keys: list[str]) -> str:
         f"sample {key[1]}",
     ]
     return " · ".join(parts)
-
-
-def _text(value: Any) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
-        return ""
-    return str(value)

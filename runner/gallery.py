@@ -79,7 +79,7 @@ def gallery_html(
     esc = html.escape
     filters = [_select("status", "status", ["completed", "failed", "pending"])]
     for key in matrix:
-        values = sorted({_text(v) for v in frame[key]}) if key in frame else []
+        values = sorted({cell_text(v) for v in frame[key]}) if key in frame else []
         filters.append(_select(f"m-{_slug(key)}", key, values))
     cards = [_card(record, columns, matrix) for record in frame.to_dict("records")]
     return (
@@ -96,14 +96,14 @@ def gallery_html(
 
 def _card(record: Mapping[Any, Any], columns: Sequence[str], matrix: Sequence[str]) -> str:
     esc = html.escape
-    status = _text(record.get("status"))
+    status = cell_text(record.get("status"))
     attrs = [f'data-status="{esc(status)}"']
-    attrs += [f'data-m-{_slug(k)}="{esc(_text(record.get(k)))}"' for k in matrix]
-    file = _text(record.get("file"))
+    attrs += [f'data-m-{_slug(k)}="{esc(cell_text(record.get(k)))}"' for k in matrix]
+    file = cell_text(record.get("file"))
     if status == "completed" and file:
         picture = (
             f'<img src="{esc(_url_path(file))}" loading="lazy" '
-            f'alt="{esc(_text(record.get("prompt")))}">'
+            f'alt="{esc(cell_text(record.get("prompt")))}">'
         )
     else:
         picture = f'<div class="missing">{esc(status)}</div>'
@@ -115,12 +115,12 @@ def _card(record: Mapping[Any, Any], columns: Sequence[str], matrix: Sequence[st
         ("quality", record.get("quality")),
     ]
     meta += [(k, record.get(k)) for k in (*matrix, *columns)]
-    items = " ".join(f"<dt>{esc(str(k))}</dt><dd>{esc(_text(v))}</dd>" for k, v in meta)
-    error = _text(record.get("error"))
+    items = " ".join(f"<dt>{esc(str(k))}</dt><dd>{esc(cell_text(v))}</dd>" for k, v in meta)
+    error = cell_text(record.get("error"))
     return (
         f'<article class="card status-{esc(status)}" {" ".join(attrs)}>{picture}'
         f'<div class="body"><span class="badge">{esc(status)}</span>'
-        f'<p class="prompt">{esc(_text(record.get("prompt")))}</p>'
+        f'<p class="prompt">{esc(cell_text(record.get("prompt")))}</p>'
         f'<dl class="meta">{items}</dl>'
         + (f'<p class="error">{esc(error)}</p>' if error else "")
         + "</div></article>"
@@ -136,8 +136,9 @@ def _select(name: str, label: str, values: Sequence[str]) -> str:
     )
 
 
-def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+def cell_text(value: Any) -> str:
+    """A table cell as text: missing values (None, NaN, NA) are empty."""
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
         return ""
     return str(value)
 
