@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,18 +154,26 @@ class Engine:
 
     async def _attempts(self, job: Job, record: JobRecord | None, estimate: float) -> None:
         resume = record
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.settings.max_attempts),
-            wait=self._backoff,
-            retry=retry_if_exception(is_retryable),
-            sleep=anyio.sleep,
-            reraise=True,
-            before_sleep=lambda state: self.reporter.retrying(),
-        )
+        retrying = self._retrying(is_retryable, on_retry=self.reporter.retrying)
         async for attempt in retrying:
             with attempt:
                 await self._attempt(job, resume, estimate)
             resume = None  # a retry always submits again
+
+    def _retrying(
+        self,
+        worth_retrying: Callable[[BaseException], bool],
+        on_retry: Callable[[], None] | None = None,
+    ) -> AsyncRetrying:
+        """The one retry policy: max_attempts tries, backoff with jitter and Retry-After."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=self._backoff,
+            retry=retry_if_exception(worth_retrying),
+            sleep=anyio.sleep,
+            reraise=True,
+            before_sleep=(lambda state: on_retry()) if on_retry else None,
+        )
 
     def _backoff(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -329,13 +337,7 @@ class Engine:
             await anyio.sleep(min(remaining, chunk) if chunk > 0 else remaining)
 
     async def _download(self, job: Job, url: str) -> None:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.settings.max_attempts),
-            wait=self._backoff,
-            retry=retry_if_exception(lambda e: is_retryable(e) and not isinstance(e, LinkExpired)),
-            sleep=anyio.sleep,
-            reraise=True,
-        )
+        retrying = self._retrying(lambda e: is_retryable(e) and not isinstance(e, LinkExpired))
         try:
             async for attempt in retrying:
                 with attempt:
