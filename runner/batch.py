@@ -101,12 +101,15 @@ async def arun(
     ``where``, ``sample``/``seed``, ``limit`` and ``shard`` ("K/N") select jobs as on the
     command line."""
     selection = selection_from_options(rows, only, where, sample, seed, limit, shard)
-    count = selection.shard[1] if selection.shard else 1
-    opts = RunOptions(out=out, base_url=base_url, fake=fake, shards=count, **options)
     plan = plan_file(path)
-    opts.out = plan.loaded.out_dir(out, selection.shard)
-    jobs = None if selection.is_everything else selection.apply(plan)
-    return await run_plan(plan, opts, jobs)
+    opts = RunOptions(
+        out=plan.loaded.out_dir(out, selection.shard),
+        base_url=base_url,
+        fake=fake,
+        shards=selection.shard_count,
+        **options,
+    )
+    return await run_plan(plan, opts, selection.jobs_of(plan))
 
 
 def settings_for(loaded: LoadedManifest, opts: RunOptions) -> Settings:

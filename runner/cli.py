@@ -110,10 +110,7 @@ def _selection(
 
 
 def _select(plan: Plan, selection: Selection) -> list[Job] | None:
-    """The selected jobs, or None when no selector was given (every job)."""
-    if selection.is_everything:
-        return None
-    return _guard(lambda: selection.apply(plan))
+    return _guard(lambda: selection.jobs_of(plan))
 
 
 @app.command()
@@ -227,7 +224,7 @@ def run(
         retry_failed=retry_failed,
         max_credits=max_credits,
         reporter=reporter,
-        shards=selection.shard[1] if selection.shard else 1,
+        shards=selection.shard_count,
     )
     stopped: RunStopped | None = None
     try:

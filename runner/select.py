@@ -39,6 +39,16 @@ class Selection:
     def is_everything(self) -> bool:
         return self == Selection(seed=self.seed)
 
+    @property
+    def shard_count(self) -> int:
+        """How many shards share the manifest's limits (1 without --shard)."""
+        return self.shard[1] if self.shard else 1
+
+    def jobs_of(self, plan: Plan) -> list[Job] | None:
+        """The selected jobs, or None when nothing was selected (every job runs, and
+        the outputs show every job)."""
+        return None if self.is_everything else self.apply(plan)
+
     def apply(self, plan: Plan) -> list[Job]:
         """The selected jobs, in plan order."""
         jobs: Sequence[Job] = plan.jobs
