@@ -19,7 +19,7 @@ import pandas as pd
 
 from .errors import OutputDirError
 from .gallery import MARK_LOADED_SCRIPT, cell_text
-from .outputs import RESULT_COLUMNS, write_if_changed
+from .outputs import result_column_name, write_if_changed
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f4f5;color:#18181b}
@@ -68,7 +68,7 @@ def _load(folder: Path) -> _Run:
         raise OutputDirError(f"{folder} holds no run (no results.parquet / run.json)")
     info = json.loads(info_path.read_text(encoding="utf-8"))
     matrix_keys = list((info.get("resolved_manifest") or {}).get("matrix") or {})
-    matrix = [f"input_{k}" if k in RESULT_COLUMNS else k for k in matrix_keys]
+    matrix = [result_column_name(k) for k in matrix_keys]
     return _Run(folder, str(info.get("name") or folder.name), pd.read_parquet(table), matrix)
 
 

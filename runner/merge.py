@@ -26,6 +26,7 @@ from .outputs import (
     json_bytes,
     metadata_bytes,
     parquet_bytes,
+    result_column_name,
     write_if_changed,
 )
 
@@ -126,7 +127,7 @@ def _write(
     write_if_changed(out / "metadata.jsonl", metadata_bytes(frame))
     resolved = runs[0][2].get("resolved_manifest") or {}
     matrix_keys = list(resolved.get("matrix") or {})
-    matrix = [f"input_{k}" if k in RESULT_COLUMNS else k for k in matrix_keys]
+    matrix = [result_column_name(k) for k in matrix_keys]
     columns = [c for c in frame.columns if c not in RESULT_COLUMNS and c not in matrix]
     page = gallery_html(name, frame, columns, matrix)
     write_if_changed(out / "gallery.html", page.encode("utf-8"))

@@ -46,12 +46,14 @@ FLOAT_COLUMNS = ("credits", "duration_s")
 TIME_COLUMNS = ("submitted_at", "completed_at")
 
 
+def result_column_name(key: str) -> str:
+    """An input column's or matrix key's name in the results (``input_<name>`` on a clash)."""
+    return f"input_{key}" if key in RESULT_COLUMNS else key
+
+
 def input_column_names(plan: Plan) -> dict[str, str]:
-    """Input column and matrix key → its name in the results (``input_<name>`` on a clash)."""
-    names: dict[str, str] = {}
-    for key in (*plan.columns, *plan.matrix_keys):
-        names[key] = f"input_{key}" if key in RESULT_COLUMNS else key
-    return names
+    """Input columns and matrix keys → their names in the results."""
+    return {key: result_column_name(key) for key in (*plan.columns, *plan.matrix_keys)}
 
 
 def job_status(record: JobRecord | None) -> str:
