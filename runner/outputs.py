@@ -69,7 +69,8 @@ def results_frame(
 ) -> pd.DataFrame:
     """One row per job, in plan order, typed (numbers as numbers, times as timestamps)."""
     names = input_column_names(plan)
-    rows = [_result_row(job, records.get(job.job_id), names) for job in (jobs or plan.jobs)]
+    chosen = plan.jobs if jobs is None else jobs  # an empty selection shows no jobs
+    rows = [_result_row(job, records.get(job.job_id), names) for job in chosen]
     order = [*RESULT_COLUMNS[:3], *names.values(), *RESULT_COLUMNS[3:]]
     frame = pd.DataFrame(rows, columns=order)
     for column in INT_COLUMNS:

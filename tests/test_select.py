@@ -125,3 +125,12 @@ def test_exit_code_speaks_of_the_selected_jobs(batch, loopback, monkeypatch):
     server = loopback(task_seconds=(0.05, 0.1), small_images=True)
     monkeypatch.setenv("EVOLINK_API_KEY", "sk-x")
     assert cli("run", "m.yaml", "--limit", "2", "--base-url", server.url).exit_code == 0
+
+
+def test_a_selection_of_no_jobs_runs_nothing_and_lists_nothing(batch, loopback, monkeypatch):
+    server = loopback(task_seconds=(0.05, 0.1), small_images=True)
+    monkeypatch.setenv("EVOLINK_API_KEY", "sk-x")
+    result = cli("run", "m.yaml", "--where", 'style == "none"', "--base-url", server.url)
+    assert result.exit_code == 0, result.stderr
+    assert server.fake.counts["submissions"] == 0
+    assert len(pd.read_csv(batch / "outputs" / "iterate" / "results.csv")) == 0
