@@ -103,9 +103,9 @@ def _place(source: Path, target: Path) -> None:
     """Hard-link the image into the merged dir (copy across file systems)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
-        if target.stat().st_size == source.stat().st_size:
-            return
-        target.unlink()
+        if os.path.samefile(source, target):
+            return  # already linked by an earlier merge
+        target.unlink()  # another image by that name: replace it
     try:
         os.link(source, target)
     except OSError:

@@ -126,3 +126,15 @@ def test_merging_runs_of_different_manifests_is_refused(tmp_path):
         app, ["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]
     )
     assert result.exit_code == 2 and "different manifests" in result.stderr
+
+
+def test_merging_again_replaces_an_image_that_changed_even_at_the_same_size(tmp_path):
+    manifest = write_manifest(tmp_path, 2)
+    runner.run(manifest, out=tmp_path / "a", **QUICK)
+    merge_args = ["merge", str(tmp_path / "a"), "--out", str(tmp_path / "m")]
+    assert CliRunner().invoke(app, merge_args).exit_code == 0
+    placed = tmp_path / "m" / pd.read_parquet(tmp_path / "m" / "results.parquet")["file"][0]
+    placed.unlink()
+    placed.write_bytes(b"x" * (tmp_path / "a" / placed.relative_to(tmp_path / "m")).stat().st_size)
+    assert CliRunner().invoke(app, merge_args).exit_code == 0
+    assert placed.read_bytes() == (tmp_path / "a" / placed.relative_to(tmp_path / "m")).read_bytes()
