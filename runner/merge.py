@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -45,14 +45,14 @@ class MergeReport:
 def merge_runs(inputs: Sequence[Path], out: Path, manifest: Path | None = None) -> MergeReport:
     """Merge ``inputs`` into ``out``; raises OutputDirError for unusable inputs."""
     runs = [_load(folder) for folder in inputs]
-    names = {info["name"] for _, _, info, _ in runs}
+    names = {run.info["name"] for run in runs}
     if len(names) != 1:
         raise OutputDirError(f"the inputs hold runs of different manifests: {sorted(names)}")
     name = names.pop()
     out.mkdir(parents=True, exist_ok=True)
     report = MergeReport(out)
     stacked = pd.concat(
-        [frame.assign(_source=index) for index, (_, frame, _, _) in enumerate(runs)],
+        [run.frame.assign(_source=index) for index, run in enumerate(runs)],
         ignore_index=True,
     )
     counts = stacked["job_id"].value_counts()
@@ -75,13 +75,13 @@ def merge_runs(inputs: Sequence[Path], out: Path, manifest: Path | None = None) 
     kept = set(merged["job_id"])
     files = [
         entry
-        for index, (_, _, _, entries) in enumerate(runs)
-        for entry in entries
+        for index, run in enumerate(runs)
+        for entry in run.files
         if entry["job_id"] in kept and chosen.get(entry["job_id"]) == index
     ]
     for entry in files:
-        _place(runs[chosen[entry["job_id"]]][0] / entry["path"], out / entry["path"])
-    sources = {str(folder): info.get("totals", {}) for folder, _, info, _ in runs}
+        _place(runs[chosen[entry["job_id"]]].folder / entry["path"], out / entry["path"])
+    sources = {str(run.folder): run.info.get("totals", {}) for run in runs}
     report.jobs = len(merged)
     report.completed = int((merged["status"] == "completed").sum())
     _write(out, name, merged, files, runs, sources, report)
@@ -89,14 +89,23 @@ def merge_runs(inputs: Sequence[Path], out: Path, manifest: Path | None = None) 
     return report
 
 
-def _load(folder: Path) -> tuple[Path, pd.DataFrame, dict[str, Any], list[dict[str, Any]]]:
+class _Input(NamedTuple):
+    """One output dir being merged."""
+
+    folder: Path
+    frame: pd.DataFrame
+    info: dict[str, Any]  # its run.json
+    files: list[dict[str, Any]]  # its files.json
+
+
+def _load(folder: Path) -> _Input:
     try:
         frame = pd.read_parquet(folder / "results.parquet")
         info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
         entries = json.loads((folder / "files.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise OutputDirError(f"{folder} holds no complete run: {error}") from None
-    return folder, frame, info, entries
+    return _Input(folder, frame, info, entries)
 
 
 def _place(source: Path, target: Path) -> None:
@@ -117,7 +126,7 @@ def _write(
     name: str,
     frame: pd.DataFrame,
     files: list[dict[str, Any]],
-    runs: Sequence[Any],
+    runs: Sequence[_Input],
     sources: dict[str, Any],
     report: MergeReport,
 ) -> None:
@@ -125,7 +134,7 @@ def _write(
     write_if_changed(out / "results.parquet", parquet_bytes(frame))
     write_if_changed(out / "files.json", json_bytes(files))
     write_if_changed(out / "metadata.jsonl", metadata_bytes(frame))
-    resolved = runs[0][2].get("resolved_manifest") or {}
+    resolved = runs[0].info.get("resolved_manifest") or {}
     matrix_keys = list(resolved.get("matrix") or {})
     matrix = [result_column_name(k) for k in matrix_keys]
     columns = [c for c in frame.columns if c not in RESULT_COLUMNS and c not in matrix]
