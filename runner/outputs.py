@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from .expand import Job, Plan
 from .gallery import gallery_html
-from .journal import JobRecord, iso
+from .journal import JobRecord
 
 RESULT_COLUMNS = (
     "job_id",
@@ -253,5 +253,3 @@ def summary_counts(jobs: Sequence[Job], records: Mapping[str, JobRecord]) -> dic
         credits += record.credits_total if record else 0.0
     return {**counts, "credits_reserved": round(credits, 4)}
 
-
-__all__ = ["iso", "results_frame", "summary_counts", "write_if_changed", "write_outputs"]
