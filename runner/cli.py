@@ -22,7 +22,7 @@ from .expand import Job, Plan, plan_file
 from .manifest import manifest_json_schema
 from .progress import make_reporter
 from .select import Selection, selection_from_options
-from .summary import plan_summary, print_plan, print_run_summary, report_from_dir
+from .summary import plan_summary, print_plan, print_run_summary
 
 app = typer.Typer(
     name="runner",
@@ -252,7 +252,7 @@ def report(out: Annotated[Path, typer.Argument(help="An output dir of an earlier
 
     Example: runner report outputs/quickstart
     """
-    _guard(lambda: report_from_dir(err, out))
+    _guard(lambda: print_run_summary(err, out))
 
 
 @app.command()

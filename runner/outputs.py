@@ -252,4 +252,3 @@ def summary_counts(jobs: Sequence[Job], records: Mapping[str, JobRecord]) -> dic
         counts[job_status(record)] += 1
         credits += record.credits_total if record else 0.0
     return {**counts, "credits_reserved": round(credits, 4)}
-

@@ -117,10 +117,6 @@ def print_run_summary(console: Console, out_dir: Path) -> None:
     console.print(table)
 
 
-def report_from_dir(console: Console, out_dir: Path) -> None:
-    print_run_summary(console, out_dir)
-
-
 def _run_json(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "run.json"
     try:

@@ -156,3 +156,13 @@ def test_plan_and_schema_write_only_json_to_stdout(batch, monkeypatch):
 def test_fake_server_refuses_an_unknown_estimate_kind():
     result = CliRunner().invoke(app, ["fake-server", "--estimate", "sideways"])
     assert result.exit_code == 2 and "--estimate" in result.stderr
+
+
+def test_report_prints_the_summary_of_an_output_dir_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quickstart = Path(__file__).parents[1] / "manifests" / "quickstart.yaml"
+    assert CliRunner().invoke(app, ["run", str(quickstart), "--fake", "--out", "qs"]).exit_code == 0
+    report = CliRunner().invoke(app, ["report", "qs"])
+    assert report.exit_code == 0 and "completed" in report.stderr and "6" in report.stderr
+    missing = CliRunner().invoke(app, ["report", "nowhere"])
+    assert missing.exit_code == 2 and "holds no run" in missing.stderr
