@@ -26,7 +26,7 @@ from .download import remove_partial_files
 from .engine import Engine, Settings
 from .errors import MissingApiKey, OutputDirError, RunAborted, RunInterrupted
 from .evolink import DEFAULT_BASE_URL, EvolinkClient
-from .expand import Job, Plan, plan_file
+from .expand import Job, Plan
 from .fake import FakeOptions, create_app
 from .journal import Journal, iso
 from .manifest import LoadedManifest
@@ -101,7 +101,7 @@ async def arun(
     ``where``, ``sample``/``seed``, ``limit`` and ``shard`` ("K/N") select jobs as on the
     command line."""
     selection = selection_from_options(rows, only, where, sample, seed, limit, shard)
-    plan = plan_file(path)
+    plan, chosen = selection.plan_file(path)
     opts = RunOptions(
         out=plan.loaded.out_dir(out, selection.shard),
         base_url=base_url,
@@ -109,7 +109,7 @@ async def arun(
         shards=selection.shard_count,
         **options,
     )
-    return await run_plan(plan, opts, selection.jobs_of(plan))
+    return await run_plan(plan, opts, None if chosen is None else plan.jobs_in(chosen))
 
 
 def settings_for(loaded: LoadedManifest, opts: RunOptions) -> Settings:
@@ -161,7 +161,7 @@ async def _run_in_dir(
             interrupted = await _run_engine(engine, todo, estimates, opts.handle_signals)
         finally:
             reporter.close()
-        records = journal.records(job.job_id for job in plan.jobs)
+        records = journal.records(plan.job_ids)
         shown = plan.jobs if selected is None else _ran_or_selected(plan, selected, records)
         latest = _invocation_summary(engine, reporter, started, interrupted, opts, settings)
         latest["selected_jobs"] = len(todo)
@@ -188,7 +188,9 @@ async def _run_in_dir(
 def _ran_or_selected(plan: Plan, selected: Sequence[Job], records: Mapping[str, Any]) -> list[Job]:
     """The plan's jobs this dir has run so far, and the selected ones, in plan order."""
     wanted = {job.job_id for job in selected}
-    return [job for job in plan.jobs if job.job_id in wanted or job.job_id in records]
+    if wanted.issuperset(records):
+        return list(selected)  # already in plan order: no need to render the plan again
+    return list(plan.iter_jobs(wanted.union(records)))
 
 
 async def _run_engine(
@@ -308,7 +310,7 @@ def _run_info(
         },
         "totals": {
             **summary_counts(shown, records),
-            "manifest_jobs": len(plan.jobs),
+            "manifest_jobs": len(plan),
             "estimated_credits": plan.estimated_credits(),
             "first_started_at": iso(invocations[0]["started_at"]) if invocations else None,
             "invocations": len(invocations),

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import RunnerError, RunStopped
-from .expand import Job, Plan, plan_file
+from .expand import JobList, Plan, plan_file
 from .manifest import manifest_json_schema
 from .progress import make_reporter
 from .select import Selection, selection_from_options
@@ -109,8 +109,8 @@ def _selection(
     return _guard(lambda: selection_from_options(rows, only, where, sample, seed, limit, shard))
 
 
-def _select(plan: Plan, selection: Selection) -> list[Job] | None:
-    return _guard(lambda: selection.jobs_of(plan))
+def _plan_selected(manifest: Path, selection: Selection) -> tuple[Plan, JobList | None]:
+    return _guard(lambda: selection.plan_file(manifest))
 
 
 @app.command()
@@ -122,7 +122,7 @@ def validate(manifest: ManifestArg) -> None:
     """
     plan = _guard(lambda: plan_file(manifest))
     err.print(
-        f"ok: {manifest}: {len(plan.jobs)} jobs, {plan.unique_requests()} unique "
+        f"ok: {manifest}: {len(plan)} jobs, {plan.unique_requests()} unique "
         f"requests, ~{plan.estimated_credits():g} credits",
         markup=False,
     )
@@ -147,9 +147,8 @@ def plan(
 
     Example: runner plan manifests/marketing.yaml --json | jq .jobs
     """
-    planned = _guard(lambda: plan_file(manifest))
     selection = _selection(rows, only, where, sample, seed, limit, shard)
-    selected = _select(planned, selection)
+    planned, selected = _plan_selected(manifest, selection)
     out_dir = planned.loaded.out_dir(out, selection.shard)
     summary = plan_summary(planned, out_dir, selected)
     if as_json:
@@ -208,9 +207,9 @@ def run(
     """
     from .batch import RunOptions, run_plan  # the engine's imports (pandas, httpx) load here
 
-    planned = _guard(lambda: plan_file(manifest))
     selection = _selection(rows, only, where, sample, seed, limit, shard)
-    selected = _select(planned, selection)
+    planned, chosen = _plan_selected(manifest, selection)
+    selected = None if chosen is None else _guard(lambda: planned.jobs_in(chosen))
     out_dir = planned.loaded.out_dir(out, selection.shard)
     reporter = make_reporter(err)
     options = RunOptions(

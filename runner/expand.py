@@ -8,7 +8,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,49 +64,137 @@ class Job:
         return f"images/{self.filename}"
 
 
+KEEP_JOBS = 50_000  # Job objects kept in memory per list; beyond, they are rendered again
+HEAD_JOBS = 5  # first jobs every list keeps (the plan shows their prompts)
+
+
+class JobList:
+    """Chosen jobs in plan order: always their ids and estimated credits, and the Job
+    objects only while there are at most ``keep`` of them. A million Jobs take over a
+    gigabyte, their ids 80 MB; a plan renders Jobs it did not keep again when asked."""
+
+    def __init__(self, keep: int | None = None) -> None:
+        self.ids: list[str] = []
+        self.credits = 0.0
+        self.head: list[Job] = []
+        self._jobs: list[Job] | None = []
+        self._keep = KEEP_JOBS if keep is None else keep
+
+    def add(self, job: Job, credits: float) -> None:
+        self.ids.append(job.job_id)
+        self.credits += credits
+        if len(self.head) < HEAD_JOBS:
+            self.head.append(job)
+        if self._jobs is not None:
+            if len(self._jobs) < self._keep:
+                self._jobs.append(job)
+            else:
+                self._jobs = None
+
+    @property
+    def kept(self) -> list[Job] | None:
+        """Every Job of the list, or None when there were too many to keep."""
+        return self._jobs
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass
 class Plan:
-    """The distinct jobs of a manifest, in a stable order, and how they were counted."""
+    """The distinct jobs of a manifest, in a stable order, and how they were counted.
+    Holds every job's id; the Jobs themselves only for small manifests (``jobs`` and
+    ``iter_jobs`` render the others again, in the same order)."""
 
     loaded: LoadedManifest
-    jobs: list[Job]
+    all: JobList
     columns: tuple[str, ...]
     matrix_keys: tuple[str, ...]
     expanded: int  # combinations before identical requests were merged
     input_files: dict[str, Path]
+    request_count: int  # distinct request bodies: samples of one request count once
+    _id_set: set[str] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.loaded.name
 
+    @property
+    def job_ids(self) -> list[str]:
+        return self.all.ids
+
+    @property
+    def jobs(self) -> list[Job]:
+        """Every job as a list: for small manifests; large ones should iterate instead."""
+        kept = self.all.kept
+        return kept if kept is not None else list(self.iter_jobs())
+
+    def id_set(self) -> set[str]:
+        if self._id_set is None:
+            self._id_set = set(self.all.ids)
+        return self._id_set
+
     def __iter__(self) -> Iterator[Job]:
-        return iter(self.jobs)
+        return self.iter_jobs()
 
     def __len__(self) -> int:
-        return len(self.jobs)
+        return len(self.all)
+
+    def iter_jobs(self, wanted: Container[str] | None = None) -> Iterator[Job]:
+        """The jobs (those whose id is in ``wanted``, if given), in plan order."""
+        kept = self.all.kept
+        jobs = iter(kept) if kept is not None else self._render_again()
+        if wanted is None:
+            return jobs
+        return (job for job in jobs if job.job_id in wanted)
+
+    def jobs_in(self, chosen: JobList) -> list[Job]:
+        """The Jobs of a list made from this plan (rendered again if it did not keep them)."""
+        kept = chosen.kept
+        return kept if kept is not None else list(self.iter_jobs(set(chosen.ids)))
+
+    def _render_again(self) -> Iterator[Job]:
+        ids, known, position = self.all.ids, self.id_set(), 0
+        for job in _Renderer(self.loaded).jobs(open_rows(self.loaded)):
+            if position < len(ids) and job.job_id == ids[position]:
+                position += 1
+                yield job
+            elif job.job_id not in known:
+                break
+        if position != len(ids):
+            raise ManifestError(
+                "the manifest or its input files changed while runner was reading them; run again",
+                file=str(self.loaded.path),
+            )
 
     def unique_requests(self) -> int:
         """Distinct request bodies: samples of one request count once."""
-        return len({_request_key(job.request) for job in self.jobs})
+        return self.request_count
 
     def estimate(self, job: Job) -> float:
         """Credits one job is expected to reserve, by its quality (the API's default: auto)."""
         prices = self.loaded.manifest.price_table()
         return prices.get(job.quality or "auto", prices["auto"])
 
-    def estimated_credits(self, jobs: Sequence[Job] | None = None) -> float:
-        return float(sum(self.estimate(job) for job in (self.jobs if jobs is None else jobs)))
+    def estimated_credits(self, jobs: Iterable[Job] | None = None) -> float:
+        if jobs is None:
+            return self.all.credits
+        return float(sum(self.estimate(job) for job in jobs))
 
 
-def plan_file(path: str | Path) -> Plan:
+JobObserver = Callable[[Job], None]
+
+
+def plan_file(path: str | Path, observe: JobObserver | None = None) -> Plan:
     """Load, expand and check every job of a manifest; sends nothing."""
-    return plan_manifest(load_manifest(path))
+    return plan_manifest(load_manifest(path), observe)
 
 
-def plan_manifest(loaded: LoadedManifest) -> Plan:
-    """Expand and check every job; raises ManifestError on the first problem."""
+def plan_manifest(loaded: LoadedManifest, observe: JobObserver | None = None) -> Plan:
+    """Expand and check every job in one streaming pass; raises ManifestError on the
+    first problem. ``observe`` sees each distinct job once, in plan order."""
     with _gc_paused():
-        return _plan(loaded)
+        return _plan(loaded, observe)
 
 
 @contextmanager
@@ -122,26 +210,40 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _plan(loaded: LoadedManifest) -> Plan:
+def _plan(loaded: LoadedManifest, observe: JobObserver | None) -> Plan:
     source = open_rows(loaded)
     renderer = _Renderer(loaded)
-    jobs: list[Job] = []
+    everything = JobList()
     seen_ids: set[str] = set()
-    names = _FilenameRegistry()
+    requests: set[int] = set()
+    names = _FilenameRegistry(loaded)
+    prices = loaded.manifest.price_table()
     expanded = 0
     for job in renderer.jobs(source):
         expanded += 1
         if job.job_id in seen_ids:
             continue
         seen_ids.add(job.job_id)
-        names.add(job, loaded)
-        jobs.append(job)
+        names.add(job, len(everything))
+        requests.add(hash(_request_key(job.request)))
+        everything.add(job, prices.get(job.quality or "auto", prices["auto"]))
+        if observe is not None:
+            observe(job)
     files = {"manifest": loaded.path}
     if source.csv_path is not None:
         files["rows"] = source.csv_path
     if renderer.template_path is not None:
         files["template"] = renderer.template_path
-    return Plan(loaded, jobs, source.columns, tuple(loaded.manifest.matrix), expanded, files)
+    return Plan(
+        loaded,
+        everything,
+        source.columns,
+        tuple(loaded.manifest.matrix),
+        expanded,
+        files,
+        len(requests),
+        seen_ids,
+    )
 
 
 def job_id_for(request: Mapping[str, Any], sample: int) -> str:
@@ -393,33 +495,46 @@ def _checked_filename(name: str) -> str:
 
 class _FilenameRegistry:
     """Refuses two jobs writing one file (case-insensitive, for macOS and Windows users)
-    and a file that is also another file's folder."""
+    and a file that is also another file's folder. Keeps names and positions, not Jobs."""
 
-    def __init__(self) -> None:
-        self._files: dict[str, Job] = {}
+    def __init__(self, loaded: LoadedManifest) -> None:
+        self._loaded = loaded
+        self._files: dict[str, int] = {}
         self._folders: set[str] = set()
 
-    def add(self, job: Job, loaded: LoadedManifest) -> None:
+    def add(self, job: Job, position: int) -> None:
         key = job.filename.casefold()
         other = self._files.get(key)
         if other is not None:
+            first = self._job_at(other)
             raise ManifestError(
                 f"{job.filename!r} is also the file name of "
-                f"{_describe(other.row, other.source, other.matrix, other.sample)}; "
+                f"{_describe(first.row, first.source, first.matrix, first.sample)}; "
                 "make the filename template unique",
-                file=str(loaded.path),
-                line=loaded.line_of("filename"),
+                file=str(self._loaded.path),
+                line=self._loaded.line_of("filename"),
                 field="filename",
                 where=_describe(job.row, job.source, job.matrix, job.sample),
             )
-        parts = key.split("/")
-        folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
-        if key in self._folders or any(folder in self._files for folder in folders):
-            raise ManifestError(
-                f"{job.filename!r} is both a file and a folder of another job's file",
-                file=str(loaded.path),
-                field="filename",
-                where=_describe(job.row, job.source, job.matrix, job.sample),
-            )
-        self._folders.update(folders)
-        self._files[key] = job
+        if "/" in key or self._folders:
+            parts = key.split("/")
+            folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
+            if key in self._folders or any(folder in self._files for folder in folders):
+                raise ManifestError(
+                    f"{job.filename!r} is both a file and a folder of another job's file",
+                    file=str(self._loaded.path),
+                    field="filename",
+                    where=_describe(job.row, job.source, job.matrix, job.sample),
+                )
+            self._folders.update(folders)
+        self._files[key] = position
+
+    def _job_at(self, position: int) -> Job:
+        """Render the manifest again up to a job (only to describe a clash)."""
+        seen: set[str] = set()
+        for job in _Renderer(self._loaded).jobs(open_rows(self._loaded)):
+            if job.job_id not in seen:
+                if len(seen) == position:
+                    return job
+                seen.add(job.job_id)
+        raise AssertionError("position beyond the plan")

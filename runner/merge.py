@@ -64,9 +64,9 @@ def merge_runs(inputs: Sequence[Path], out: Path, manifest: Path | None = None) 
     merged = merged.drop(columns=["_rank", "_source"])
     if manifest is not None:
         plan = plan_file(manifest)
-        order = {job.job_id: i for i, job in enumerate(plan.jobs)}
+        order = {job_id: i for i, job_id in enumerate(plan.job_ids)}
         present = set(merged["job_id"])
-        report.missing = [job.job_id for job in plan.jobs if job.job_id not in present]
+        report.missing = [job_id for job_id in plan.job_ids if job_id not in present]
         merged = merged[merged["job_id"].isin(order)]
         merged = merged.iloc[merged["job_id"].map(order).argsort()]
     else:

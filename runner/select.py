@@ -4,21 +4,25 @@ intersection), then ``--sample N --seed S`` (a deterministic random N) and ``--l
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import ManifestError
-from .expand import Job, Plan
+from .expand import Job, JobList, Plan, plan_manifest
+from .manifest import LoadedManifest, load_manifest
 
 WHERE_MAX_CHARS = 500
-WHERE_BUDGET_S = 10.0  # total time --where may take over all jobs
+WHERE_BUDGET_S = 10.0  # time --where may take, plus WHERE_PER_JOB_S for each job
+WHERE_PER_JOB_S = 0.0002
 MAX_REPEAT = 10_000  # longest string or list '*' may build inside --where
 _ROW_SPEC = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -44,33 +48,78 @@ class Selection:
         """How many shards share the manifest's limits (1 without --shard)."""
         return self.shard[1] if self.shard else 1
 
-    def jobs_of(self, plan: Plan) -> list[Job] | None:
-        """The selected jobs, or None when nothing was selected (every job runs, and
-        the outputs show every job)."""
-        return None if self.is_everything else self.apply(plan)
+    def plan_file(self, path: str | Path) -> tuple[Plan, JobList | None]:
+        """Plan a manifest and select from it in the same streaming pass; the list is
+        None when nothing was selected (every job runs, and the outputs show every job)."""
+        loaded = load_manifest(path)
+        if self.is_everything:
+            return plan_manifest(loaded), None
+        chooser = _Chooser(self, loaded)
+        plan = plan_manifest(loaded, chooser)
+        return plan, chooser.finish(plan)
 
     def apply(self, plan: Plan) -> list[Job]:
-        """The selected jobs, in plan order."""
-        jobs: Sequence[Job] = plan.jobs
-        if self.rows is not None:
-            jobs = [job for job in jobs if job.row in self.rows]
-        if self.only is not None:
-            unknown = sorted(self.only - {job.job_id for job in plan.jobs})
+        """The selected jobs of a plan, in plan order."""
+        chooser = _Chooser(self, plan.loaded)
+        for job in plan.iter_jobs():
+            chooser(job)
+        return plan.jobs_in(chooser.finish(plan))
+
+
+class _Chooser:
+    """Applies a selection to each job as the plan's pass renders it: rows, only, shard
+    and where filter; sample and limit pick from what passed."""
+
+    def __init__(self, selection: Selection, loaded: LoadedManifest) -> None:
+        self.selection = selection
+        self.where = _WhereTest(selection.where, loaded) if selection.where is not None else None
+        self.passed = JobList()
+        self.prices = loaded.manifest.price_table()
+        # without --sample, --limit takes the first N that pass: the rest need no Job
+        self.wanted = selection.limit if selection.sample is None else None
+
+    def __call__(self, job: Job) -> None:
+        s = self.selection
+        if self.wanted is not None and len(self.passed) >= self.wanted:
+            return
+        if s.rows is not None and job.row not in s.rows:
+            return
+        if s.only is not None and job.job_id not in s.only:
+            return
+        if s.shard is not None and not in_shard(job.job_id, *s.shard):
+            return
+        if self.where is not None and not self.where(job):
+            return
+        self.passed.add(job, self.prices.get(job.quality or "auto", self.prices["auto"]))
+
+    def finish(self, plan: Plan) -> JobList:
+        s = self.selection
+        if s.only is not None:
+            unknown = sorted(s.only - plan.id_set())
             if unknown:
                 raise ManifestError(
                     f"no such job in this manifest: {', '.join(unknown)}", field="--only"
                 )
-            jobs = [job for job in jobs if job.job_id in self.only]
-        if self.shard is not None:
-            jobs = [job for job in jobs if in_shard(job.job_id, *self.shard)]
-        if self.where is not None:
-            jobs = _where(self.where, jobs, plan)
-        if self.sample is not None and self.sample < len(jobs):
-            picked = set(random.Random(self.seed).sample(range(len(jobs)), self.sample))
-            jobs = [job for index, job in enumerate(jobs) if index in picked]
-        if self.limit is not None:
-            jobs = jobs[: self.limit]
-        return list(jobs)
+        if s.sample is None or s.sample >= len(self.passed):
+            return self.passed if s.limit is None else _first(self.passed, plan, s.limit)
+        picked = random.Random(s.seed).sample(range(len(self.passed)), s.sample)
+        ids = {self.passed.ids[index] for index in picked}
+        kept = self.passed.kept
+        jobs = plan.iter_jobs(ids) if kept is None else (j for j in kept if j.job_id in ids)
+        return _collect(plan, jobs, s.limit)
+
+
+def _first(jobs: JobList, plan: Plan, limit: int) -> JobList:
+    if len(jobs) <= limit:
+        return jobs
+    return _collect(plan, plan.iter_jobs(set(jobs.ids[:limit])), limit)
+
+
+def _collect(plan: Plan, jobs: Iterable[Job], limit: int | None) -> JobList:
+    chosen = JobList()
+    for job in itertools.islice(jobs, limit):
+        chosen.add(job, plan.estimate(job))
+    return chosen
 
 
 def in_shard(job_id: str, index: int, count: int) -> bool:
@@ -155,18 +204,25 @@ class _BoundedSandbox(SandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
-def _where(expression: str, jobs: Sequence[Job], plan: Plan) -> list[Job]:
-    env = _BoundedSandbox(undefined=jinja2.StrictUndefined)
-    try:
-        test = env.compile_expression(expression, undefined_to_none=False)
-    except jinja2.TemplateSyntaxError as error:
-        raise ManifestError(f"not a valid expression: {error.message}", field="--where") from None
-    variables = plan.loaded.manifest.vars
-    deadline = time.monotonic() + WHERE_BUDGET_S
-    kept = []
-    for job in jobs:
+class _WhereTest:
+    """A ``--where`` expression, compiled once and tried on each job in a sandbox with a
+    cap on what ``*`` builds and on the total time."""
+
+    def __init__(self, expression: str, loaded: LoadedManifest) -> None:
+        env = _BoundedSandbox(undefined=jinja2.StrictUndefined)
+        try:
+            self.test = env.compile_expression(expression, undefined_to_none=False)
+        except jinja2.TemplateSyntaxError as error:
+            raise ManifestError(
+                f"not a valid expression: {error.message}", field="--where"
+            ) from None
+        self.variables = loaded.manifest.vars
+        self.started = time.monotonic()
+        self.tried = 0
+
+    def __call__(self, job: Job) -> bool:
         context = {
-            **variables,
+            **self.variables,
             **job.columns,
             **job.matrix,
             "sample": job.sample,
@@ -176,14 +232,13 @@ def _where(expression: str, jobs: Sequence[Job], plan: Plan) -> list[Job]:
             **{k: v for k, v in job.request.items() if k in ("size", "quality")},
         }
         try:
-            if test(**context):
-                kept.append(job)
+            result = bool(self.test(**context))
         except jinja2.UndefinedError as error:
             raise ManifestError(f"{error.message}", field="--where") from None
         except Exception as error:  # the sandbox's refusals and any other failure
             raise ManifestError(f"{type(error).__name__}: {error}", field="--where") from None
-        if time.monotonic() > deadline:
-            raise ManifestError(
-                f"the expression took longer than {WHERE_BUDGET_S:g} s", field="--where"
-            )
-    return kept
+        self.tried += 1
+        allowed = WHERE_BUDGET_S + self.tried * WHERE_PER_JOB_S
+        if time.monotonic() - self.started > allowed:
+            raise ManifestError(f"the expression took longer than {allowed:.0f} s", field="--where")
+        return result

@@ -11,27 +11,27 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import OutputDirError
-from .expand import Job, Plan
+from .expand import JobList, Plan
 from .journal import read_states
 
 FIRST_PROMPTS = 5
 
 
 def plan_summary(
-    plan: Plan, out_dir: Path | None = None, selected: Sequence[Job] | None = None
+    plan: Plan, out_dir: Path | None = None, selected: JobList | None = None
 ) -> dict[str, Any]:
     """The plan as data (``plan --json``): counts, credits, ids, first rendered prompts.
     ``jobs`` counts what would run (the selection, if any); ``manifest_jobs`` all jobs."""
-    jobs = plan.jobs if selected is None else list(selected)
+    jobs = plan.all if selected is None else selected
     summary: dict[str, Any] = {
         "name": plan.name,
         "manifest": str(plan.loaded.path),
         "jobs": len(jobs),
-        "manifest_jobs": len(plan.jobs),
+        "manifest_jobs": len(plan),
         "expanded": plan.expanded,
-        "duplicates_merged": plan.expanded - len(plan.jobs),
+        "duplicates_merged": plan.expanded - len(plan),
         "unique_requests": plan.unique_requests(),
-        "estimated_credits": plan.estimated_credits(jobs),
+        "estimated_credits": jobs.credits,
         "pricing": plan.loaded.manifest.price_table(),
         "columns": list(plan.columns),
         "matrix": {k: list(v) for k, v in plan.loaded.manifest.matrix.items()},
@@ -46,26 +46,26 @@ def plan_summary(
                 "quality": job.quality,
                 "file": job.path,
             }
-            for job in jobs[:FIRST_PROMPTS]
+            for job in jobs.head[:FIRST_PROMPTS]
         ],
-        "job_ids": [job.job_id for job in jobs],
+        "job_ids": jobs.ids,
     }
     if out_dir is not None:
         summary["out_dir"] = str(out_dir)
         states = read_states(out_dir)
         if states is not None:
-            summary["existing"] = _against_dir(plan, jobs, states)
+            summary["existing"] = _against_dir(plan, jobs.ids, states)
     return summary
 
 
-def _against_dir(plan: Plan, jobs: Sequence[Job], states: dict[str, str]) -> dict[str, int]:
+def _against_dir(plan: Plan, ids: Sequence[str], states: dict[str, str]) -> dict[str, int]:
     """Split the selected jobs by what the output dir already holds. An edited job is one
     to run (its new request) and one dropped (the old one, no longer in the manifest)."""
-    done = sum(1 for job in jobs if states.get(job.job_id) == "completed")
-    failed = sum(1 for job in jobs if states.get(job.job_id) == "failed")
-    in_manifest = {job.job_id for job in plan.jobs}
+    done = sum(1 for job_id in ids if states.get(job_id) == "completed")
+    failed = sum(1 for job_id in ids if states.get(job_id) == "failed")
+    in_manifest = plan.id_set()
     return {
-        "to_run": len(jobs) - done - failed,
+        "to_run": len(ids) - done - failed,
         "done": done,
         "failed": failed,
         "dropped": sum(1 for job_id in states if job_id not in in_manifest),
