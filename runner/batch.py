@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,9 @@ from .expand import Job, Plan
 from .fake import FakeOptions, create_app
 from .journal import Journal, iso
 from .manifest import LoadedManifest
-from .outputs import file_sha256, summary_counts, write_outputs
+from .mirror import SYNC_INTERVAL_S, Mirror
+from .objectstore import is_url, local_path
+from .outputs import OUTPUT_FILES, file_sha256, summary_counts, write_outputs
 from .policy import Timing
 from .progress import Reporter
 from .select import selection_from_options
@@ -59,6 +61,7 @@ class RunOptions:
     reporter: Reporter | None = None
     handle_signals: bool = True
     shards: int = 1  # the manifest's limits are shared by this many shards
+    sync_interval: float = SYNC_INTERVAL_S  # object-store outputs: seconds between uploads
 
 
 def run(
@@ -132,9 +135,16 @@ async def run_plan(plan: Plan, opts: RunOptions, jobs: Sequence[Job] | None = No
     loaded = plan.loaded
     settings = settings_for(loaded, opts)
     client = _client(opts)  # before the dir is touched: a missing key changes nothing
-    out_dir = loaded.out_dir(opts.out)
+    location = loaded.out_dir(opts.out)
     try:
-        return await _run_in_dir(plan, opts, settings, client, out_dir, jobs)
+        if not is_url(location):
+            return await _run_in_dir(plan, opts, settings, client, local_path(location), jobs)
+        mirror = Mirror(str(location), opts.sync_interval)
+        staging = await anyio.to_thread.run_sync(mirror.prepare)
+        try:
+            return await _run_in_dir(plan, opts, settings, client, staging, jobs, mirror)
+        finally:
+            mirror.close(clean=mirror.finished)
     finally:
         await client.aclose()
 
@@ -146,19 +156,30 @@ async def _run_in_dir(
     client: EvolinkClient,
     out_dir: Path,
     selected: Sequence[Job] | None,
+    mirror: Mirror | None = None,
 ) -> pd.DataFrame:
     todo = plan.jobs if selected is None else selected
+    shown_dir = mirror.url if mirror else out_dir
     with exclusive_dir(out_dir), Journal.open(out_dir) as journal:
-        journal.claim(plan.name, out_dir)
+        journal.claim(plan.name, shown_dir)
         remove_partial_files(out_dir / "images")
         journal.start_invocation()
         reporter = opts.reporter or Reporter()
-        engine = Engine(client, journal, out_dir, settings, timing=opts.timing, reporter=reporter)
+        engine = Engine(
+            client,
+            journal,
+            out_dir,
+            settings,
+            timing=opts.timing,
+            reporter=reporter,
+            stored_size=mirror.stored_size if mirror else None,
+        )
         estimates = {job.job_id: plan.estimate(job) for job in todo}
         started = time.time()
         interrupted = False
+        syncing = (lambda: mirror.keep_synced(journal)) if mirror else None
         try:
-            interrupted = await _run_engine(engine, todo, estimates, opts.handle_signals)
+            interrupted = await _run_engine(engine, todo, estimates, opts.handle_signals, syncing)
         finally:
             reporter.close()
         records = journal.records(plan.job_ids)
@@ -168,8 +189,10 @@ async def _run_in_dir(
         journal.finish_invocation(latest)
         info = _run_info(plan, journal, records, latest, shown)
         frame = write_outputs(out_dir, plan, records, info, shown)
+        if mirror is not None:
+            await mirror.finish(journal, list(OUTPUT_FILES))
     if interrupted:
-        raise RunInterrupted(f"interrupted; state saved in {out_dir}, rerun to continue", frame)
+        raise RunInterrupted(f"interrupted; state saved in {shown_dir}, rerun to continue", frame)
     if engine.unreachable is not None:
         raise RunAborted(
             f"cannot reach the API at {client.base_url} ({engine.unreachable}); nothing was "
@@ -179,7 +202,7 @@ async def _run_in_dir(
     if engine.fatal is not None:
         raise RunAborted(
             f"the API refused the run ({engine.fatal}); submitting stopped, finished work is "
-            f"in {out_dir}",
+            f"in {shown_dir}",
             frame,
         )
     return frame
@@ -194,12 +217,19 @@ def _ran_or_selected(plan: Plan, selected: Sequence[Job], records: Mapping[str, 
 
 
 async def _run_engine(
-    engine: Engine, jobs: Sequence[Job], estimates: dict[str, float], handle_signals: bool
+    engine: Engine,
+    jobs: Sequence[Job],
+    estimates: dict[str, float],
+    handle_signals: bool,
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> bool:
-    """Run the engine; on SIGINT/SIGTERM stop it and return True. A second Ctrl-C kills."""
+    """Run the engine (and ``background`` beside it, until the engine is done); on
+    SIGINT/SIGTERM stop it and return True. A second Ctrl-C kills."""
     interrupted = False
     watch = handle_signals and threading.current_thread() is threading.main_thread()
     async with anyio.create_task_group() as group:
+        if background is not None:
+            group.start_soon(background)
         if watch:
 
             async def watcher() -> None:

@@ -6,6 +6,7 @@ Exit codes: 0 every job completed; 1 some failed; 2 invalid input (nothing sent)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from . import __version__
 from .errors import RunnerError, RunStopped
 from .expand import JobList, Plan, plan_file
 from .manifest import manifest_json_schema
+from .objectstore import is_url, local_path
 from .progress import make_reporter
 from .select import Selection, selection_from_options
 from .summary import plan_summary, print_plan, print_run_summary
@@ -134,7 +136,9 @@ def plan(
     as_json: Annotated[
         bool, typer.Option("--json", help="Machine-readable plan on stdout.")
     ] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Output dir to compare with.")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Output dir (or object-store URL) to compare with.")
+    ] = None,
     rows: RowsOpt = None,
     only: OnlyOpt = None,
     where: WhereOpt = None,
@@ -161,8 +165,11 @@ def plan(
 def run(
     manifest: ManifestArg,
     out: Annotated[
-        Path | None,
-        typer.Option(help="Output dir (default: the manifest's output, else outputs/<name>)."),
+        str | None,
+        typer.Option(
+            help="Output dir or object-store URL such as s3://bucket/prefix (default: the "
+            "manifest's output, else outputs/<name>)."
+        ),
     ] = None,
     base_url: Annotated[
         str | None,
@@ -246,7 +253,9 @@ def run(
 
 
 @app.command()
-def report(out: Annotated[Path, typer.Argument(help="An output dir of an earlier run.")]) -> None:
+def report(
+    out: Annotated[str, typer.Argument(help="An output dir (or URL) of an earlier run.")],
+) -> None:
     """Print the summary of an output dir again (counts, time, credits).
 
     Example: runner report outputs/quickstart
@@ -276,9 +285,12 @@ def compare(
 @app.command()
 def merge(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Output dirs (e.g. the shards).", show_default=False)
+        list[str],
+        typer.Argument(
+            help="Output dirs or object-store URLs (e.g. the shards).", show_default=False
+        ),
     ],
-    out: Annotated[Path, typer.Option(help="The merged output dir.", show_default=False)],
+    out: Annotated[str, typer.Option(help="The merged output dir or URL.", show_default=False)],
     manifest: Annotated[
         Path | None,
         typer.Option(
@@ -296,7 +308,7 @@ def merge(
     from .merge import merge_runs
 
     def action() -> None:
-        with exclusive_dir(out):
+        with contextlib.nullcontext() if is_url(out) else exclusive_dir(local_path(out)):
             report = merge_runs(inputs, out, manifest)
         err.print(
             f"merged {len(inputs)} dirs into {out}: {report.jobs} jobs, "

@@ -81,8 +81,10 @@ class Engine:
         timing: Timing | None = None,
         reporter: Reporter | None = None,
         seed: int | None = None,
+        stored_size: Callable[[str], int | None] | None = None,
     ) -> None:
         self.client = client
+        self.stored_size = stored_size or self._local_size
         self.journal = journal
         self.out_dir = out_dir
         self.settings = settings
@@ -127,8 +129,11 @@ class Engine:
             return True
         if record.state == "failed":
             return self.settings.retry_failed
-        file = self.out_dir / (record.file or job.path)
-        return not (file.is_file() and file.stat().st_size == record.bytes)
+        return self.stored_size(record.file or job.path) != record.bytes
+
+    def _local_size(self, relative: str) -> int | None:
+        file = self.out_dir / relative
+        return file.stat().st_size if file.is_file() else None
 
     async def _run_job(self, job: Job, record: JobRecord | None, estimate: float) -> None:
         try:

@@ -112,7 +112,7 @@ class Journal:
 
     # -- ownership -------------------------------------------------------------------
 
-    def claim(self, name: str, out_dir: Path) -> None:
+    def claim(self, name: str, out_dir: str | Path) -> None:
         """Bind this dir to a manifest name; a dir of another manifest is refused."""
         owner = self.get_meta("name")
         if owner is not None and owner != name:
@@ -145,6 +145,25 @@ class Journal:
         if job_ids is None:
             return records
         return {job_id: records[job_id] for job_id in job_ids if job_id in records}
+
+    def completed_files(self, since: float = 0.0) -> list[tuple[str, int, float]]:
+        """(file, bytes, completed_at) of the jobs completed at or after ``since``."""
+        rows = self._db.execute(
+            "SELECT file, bytes, completed_at FROM jobs "
+            "WHERE state='completed' AND file IS NOT NULL AND completed_at >= ? "
+            "ORDER BY completed_at",
+            (since,),
+        ).fetchall()
+        return [(str(file), int(size or 0), float(done)) for file, size, done in rows]
+
+    def snapshot(self, target: Path) -> None:
+        """A consistent copy of the journal in one file (SQLite's online backup)."""
+        target.unlink(missing_ok=True)
+        copy = sqlite3.connect(target)
+        try:
+            self._db.backup(copy)
+        finally:
+            copy.close()
 
     # -- transitions -----------------------------------------------------------------
 

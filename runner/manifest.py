@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ManifestError
 from .evolink import MODEL, QUALITIES
+from .objectstore import is_url
 
 RESERVED_NAMES = ("row", "sample", "job_id")
 DEFAULT_FILENAME = "{{ job_id }}.png"
@@ -130,13 +131,19 @@ class LoadedManifest:
     def base_dir(self) -> Path:
         return self.path.parent
 
-    def out_dir(self, out: str | Path | None = None, shard: tuple[int, int] | None = None) -> Path:
+    def out_dir(
+        self, out: str | Path | None = None, shard: tuple[int, int] | None = None
+    ) -> str | Path:
         """``--out`` exactly as given, else the manifest's ``output``, else
         ``outputs/<name>`` (a shard: ``.../shard-K-of-N`` below it); all relative to the
-        current dir."""
+        current dir. An object-store URL stays a string."""
         if out is not None:
-            return Path(out)
-        base = Path(self.manifest.output) if self.manifest.output else Path("outputs") / self.name
+            return out if is_url(out) else Path(out)
+        output = self.manifest.output
+        if output is not None and is_url(output):
+            part = f"/shard-{shard[0]}-of-{shard[1]}" if shard else ""
+            return output.rstrip("/") + part
+        base = Path(output) if output else Path("outputs") / self.name
         return base / f"shard-{shard[0]}-of-{shard[1]}" if shard else base
 
     def line_of(self, *loc: str | int) -> int | None:

@@ -1,13 +1,17 @@
 """``runner merge``: several output dirs of one manifest (its shards, say) into one
 self-contained output dir with the layout of a single run: images hard-linked (or
 copied) into it, the tables, files.json, metadata.jsonl, gallery and run.json written
-again, and a journal rebuilt, so a later ``runner run`` resumes from it."""
+again, and a journal rebuilt, so a later ``runner run`` resumes from it. Inputs and the
+merged dir may be local dirs or object-store URLs (the merged tables are then written in
+a local temp dir and uploaded; images are copied inside the store)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +23,11 @@ from . import __version__ as VERSION
 from .errors import OutputDirError
 from .expand import plan_file
 from .gallery import gallery_html
+from .journal import FILENAME as JOURNAL
 from .journal import JobRecord, Journal
+from .objectstore import ObjectStoreDir, is_url, local_path, read_output
 from .outputs import (
+    OUTPUT_FILES,
     RESULT_COLUMNS,
     csv_bytes,
     json_bytes,
@@ -35,16 +42,39 @@ from .outputs import (
 class MergeReport:
     """What a merge found."""
 
-    out: Path
+    out: str | Path
     jobs: int = 0
     completed: int = 0
     duplicates: list[str] = field(default_factory=list)  # job ids found in several inputs
     missing: list[str] = field(default_factory=list)  # in the manifest, in no input
 
 
-def merge_runs(inputs: Sequence[Path], out: Path, manifest: Path | None = None) -> MergeReport:
+def merge_runs(
+    inputs: Sequence[str | Path], out: str | Path, manifest: str | Path | None = None
+) -> MergeReport:
     """Merge ``inputs`` into ``out``; raises OutputDirError for unusable inputs."""
-    runs = [_load(folder) for folder in inputs]
+    runs = [_load(location) for location in inputs]
+    if not is_url(out):
+        return _merge(runs, local_path(out), manifest, None)
+    store = ObjectStoreDir(str(out))
+    store.acquire_lock()
+    try:
+        with tempfile.TemporaryDirectory(prefix="runner-merge-") as staging:
+            report = _merge(runs, Path(staging), manifest, store)
+            for name in (*OUTPUT_FILES, JOURNAL):
+                store.upload(Path(staging) / name, name)
+        report.out = store.url
+        return report
+    finally:
+        store.release_lock()
+
+
+def _merge(
+    runs: Sequence[_Input],
+    out: Path,
+    manifest: str | Path | None,
+    store: ObjectStoreDir | None,
+) -> MergeReport:
     names = {run.info["name"] for run in runs}
     if len(names) != 1:
         raise OutputDirError(f"the inputs hold runs of different manifests: {sorted(names)}")
@@ -80,8 +110,8 @@ def merge_runs(inputs: Sequence[Path], out: Path, manifest: Path | None = None) 
         if entry["job_id"] in kept and chosen.get(entry["job_id"]) == index
     ]
     for entry in files:
-        _place(runs[chosen[entry["job_id"]]].folder / entry["path"], out / entry["path"])
-    sources = {str(run.folder): run.info.get("totals", {}) for run in runs}
+        _place(runs[chosen[entry["job_id"]]], entry, out, store)
+    sources = {str(run.location): run.info.get("totals", {}) for run in runs}
     report.jobs = len(merged)
     report.completed = int((merged["status"] == "completed").sum())
     _write(out, name, merged, files, runs, sources, report)
@@ -92,23 +122,53 @@ def merge_runs(inputs: Sequence[Path], out: Path, manifest: Path | None = None) 
 class _Input(NamedTuple):
     """One output dir being merged."""
 
-    folder: Path
+    location: str | Path
+    store: ObjectStoreDir | None  # when the input is in an object store
     frame: pd.DataFrame
     info: dict[str, Any]  # its run.json
     files: list[dict[str, Any]]  # its files.json
 
 
-def _load(folder: Path) -> _Input:
+def _load(location: str | Path) -> _Input:
+    store = ObjectStoreDir(str(location)) if is_url(location) else None
     try:
-        frame = pd.read_parquet(folder / "results.parquet")
-        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-        entries = json.loads((folder / "files.json").read_text(encoding="utf-8"))
+        parts = [read_output(location, name) for name in _NEEDED]
+        if any(part is None for part in parts):
+            missing = [name for name, part in zip(_NEEDED, parts, strict=True) if part is None]
+            raise OutputDirError(f"{location} holds no complete run (no {', '.join(missing)})")
+        table, info, entries = parts
+        frame = pd.read_parquet(io.BytesIO(table or b""))
+        return _Input(location, store, frame, json.loads(info or b""), json.loads(entries or b""))
     except (OSError, ValueError) as error:
-        raise OutputDirError(f"{folder} holds no complete run: {error}") from None
-    return _Input(folder, frame, info, entries)
+        raise OutputDirError(f"{location} holds no complete run: {error}") from None
 
 
-def _place(source: Path, target: Path) -> None:
+_NEEDED = ("results.parquet", "run.json", "files.json")
+
+
+def _place(run: _Input, entry: dict[str, Any], out: Path, store: ObjectStoreDir | None) -> None:
+    """Put one image into the merged dir: hard-linked (or copied) between local dirs,
+    downloaded from a store, or copied inside one; an image already there is kept."""
+    relative, size = str(entry["path"]), entry.get("bytes")
+    if store is not None:
+        if store.size_of(relative) == size:
+            return
+        if run.store is None:
+            store.upload(local_path(run.location) / relative, relative)
+        else:
+            store.copy_from(run.store, relative)
+        return
+    target = out / relative
+    if run.store is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        present = target.is_file() and target.stat().st_size == size
+        if not present and not run.store.download(relative, target):
+            raise OutputDirError(f"{run.location}/{relative} is listed but not there")
+        return
+    _link(local_path(run.location) / relative, target)
+
+
+def _link(source: Path, target: Path) -> None:
     """Hard-link the image into the merged dir (copy across file systems)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():

@@ -145,6 +145,16 @@ def _uniform(series: pd.Series) -> pd.Series:
     )
 
 
+OUTPUT_FILES = (
+    "results.csv",
+    "results.parquet",
+    "files.json",
+    "metadata.jsonl",
+    "run.json",
+    "gallery.html",
+)
+
+
 def write_outputs(
     out_dir: Path,
     plan: Plan,

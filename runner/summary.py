@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,15 @@ from rich.table import Table
 
 from .errors import OutputDirError
 from .expand import JobList, Plan
+from .journal import FILENAME as JOURNAL
 from .journal import read_states
+from .objectstore import ObjectStoreDir, is_url, local_path, read_output
 
 FIRST_PROMPTS = 5
 
 
 def plan_summary(
-    plan: Plan, out_dir: Path | None = None, selected: JobList | None = None
+    plan: Plan, out_dir: str | Path | None = None, selected: JobList | None = None
 ) -> dict[str, Any]:
     """The plan as data (``plan --json``): counts, credits, ids, first rendered prompts.
     ``jobs`` counts what would run (the selection, if any); ``manifest_jobs`` all jobs."""
@@ -52,10 +55,19 @@ def plan_summary(
     }
     if out_dir is not None:
         summary["out_dir"] = str(out_dir)
-        states = read_states(out_dir)
+        states = _states(out_dir)
         if states is not None:
             summary["existing"] = _against_dir(plan, jobs.ids, states)
     return summary
+
+
+def _states(location: str | Path) -> dict[str, str] | None:
+    if not is_url(location):
+        return read_states(local_path(location))
+    with tempfile.TemporaryDirectory() as folder:
+        if not ObjectStoreDir(str(location)).download(JOURNAL, Path(folder) / JOURNAL):
+            return None
+        return read_states(Path(folder))
 
 
 def _against_dir(plan: Plan, ids: Sequence[str], states: dict[str, str]) -> dict[str, int]:
@@ -95,7 +107,7 @@ def print_plan(console: Console, summary: dict[str, Any]) -> None:
         console.print(f"  {item['prompt']}", markup=False)
 
 
-def print_run_summary(console: Console, out_dir: Path) -> None:
+def print_run_summary(console: Console, out_dir: str | Path) -> None:
     """The end-of-run table, from run.json."""
     info = _run_json(out_dir)
     totals, latest = info["totals"], info["latest"]
@@ -117,11 +129,11 @@ def print_run_summary(console: Console, out_dir: Path) -> None:
     console.print(table)
 
 
-def _run_json(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / "run.json"
+def _run_json(out_dir: str | Path) -> dict[str, Any]:
+    data = read_output(out_dir, "run.json")
+    if data is None:
+        raise OutputDirError(f"{out_dir} holds no run (no run.json)")
     try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise OutputDirError(f"{out_dir} holds no run (no run.json)") from None
-    except (ValueError, OSError) as error:
-        raise OutputDirError(f"{path}: unreadable: {error}") from None
+        return dict(json.loads(data))
+    except ValueError as error:
+        raise OutputDirError(f"{out_dir}/run.json: unreadable: {error}") from None
