@@ -21,6 +21,7 @@ from . import __version__
 from .errors import RunnerError, RunStopped
 from .expand import JobList, Plan, plan_file
 from .manifest import manifest_json_schema
+from .mirror import SYNC_INTERVAL_S
 from .objectstore import is_url, local_path
 from .progress import make_reporter
 from .select import Selection, selection_from_options
@@ -205,6 +206,13 @@ def run(
         float | None,
         typer.Option(min=0, help="Stop submitting before reserved credits would pass this."),
     ] = None,
+    sync_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Object-store --out: seconds between uploads of new images and the journal.",
+        ),
+    ] = SYNC_INTERVAL_S,
 ) -> None:
     """Run a manifest; resumes if the output dir holds an earlier run of it.
 
@@ -231,6 +239,7 @@ def run(
         max_credits=max_credits,
         reporter=reporter,
         shards=selection.shard_count,
+        sync_interval=sync_interval,
     )
     stopped: RunStopped | None = None
     try:

@@ -78,6 +78,7 @@ class ObjectStoreDir:
 
     def read_bytes(self, relative: str) -> bytes | None:
         """A file's bytes, or None if it is not there."""
+        self.fs.invalidate_cache(self.key(relative))
         try:
             return bytes(self.fs.cat_file(self.key(relative)))
         except FileNotFoundError:
@@ -126,6 +127,7 @@ class ObjectStoreDir:
             raise OutputDirError(f"{other.url}/{relative}: {_short(error)}") from None
 
     def size_of(self, relative: str) -> int | None:
+        self.fs.invalidate_cache(self.key(relative))
         try:
             return int(self.fs.size(self.key(relative)))
         except FileNotFoundError:
@@ -135,6 +137,7 @@ class ObjectStoreDir:
 
     def sizes(self, folder: str) -> dict[str, int]:
         """Every file below ``folder``: its path relative to the dir → its size."""
+        self.fs.invalidate_cache()  # another machine may have written since
         try:
             found = self.fs.find(self.key(folder), detail=True)
         except FileNotFoundError:

@@ -75,3 +75,38 @@ def loopback() -> Iterator[Callable[..., LoopbackFake]]:
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@dataclass
+class LocalS3:
+    endpoint: str
+    bucket: str
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def local_s3() -> Iterator[LocalS3]:
+    """moto's S3 server on 127.0.0.1, started here; the AWS environment points at it (so
+    runner processes started by tests use it too) and one bucket exists."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            patch.setenv(name, value)
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="runner-test")
+        yield LocalS3(endpoint, "runner-test")
+    server.stop()
