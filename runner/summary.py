@@ -108,22 +108,31 @@ def print_plan(console: Console, summary: dict[str, Any]) -> None:
 
 
 def print_run_summary(console: Console, out_dir: str | Path) -> None:
-    """The end-of-run table, from run.json."""
+    """The end-of-run table, from run.json (a run's, or a merge's)."""
     info = _run_json(out_dir)
-    totals, latest = info["totals"], info["latest"]
+    totals, latest = info["totals"], info.get("latest")
     table = Table(title=f"runner: {info['name']}", show_header=False, title_justify="left")
     table.add_row("jobs", str(totals["jobs"]))
     table.add_row("completed", f"[green]{totals['completed']}[/]")
     table.add_row("failed", f"[red]{totals['failed']}[/]" if totals["failed"] else "0")
     table.add_row("pending", str(totals["pending"]))
-    table.add_row(
-        "this run",
-        f"{latest['submissions']} submitted, {latest['retries']} retries, "
-        f"{latest['duration_s']:.1f} s ({latest['outcome']})",
-    )
+    if latest is not None:
+        table.add_row(
+            "this run",
+            f"{latest['submissions']} submitted, {latest['retries']} retries, "
+            f"{latest['duration_s']:.1f} s ({latest['outcome']})",
+        )
+    if "merged_from" in info:
+        table.add_row(
+            "merged from",
+            f"{len(info['merged_from'])} dirs ({totals.get('duplicates', 0)} jobs present "
+            f"twice, {totals.get('missing', 0)} missing)",
+        )
+    estimate = totals.get("estimated_credits")
+    reserved = f"{totals['credits_reserved']:g}"
     table.add_row(
         "credits reserved",
-        f"{totals['credits_reserved']:g} (estimate for all jobs: {totals['estimated_credits']:g})",
+        reserved if estimate is None else f"{reserved} (estimate for all jobs: {estimate:g})",
     )
     table.add_row("outputs", str(out_dir))
     console.print(table)

@@ -90,6 +90,9 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path):
         for line in (tmp_path / "all" / "metadata.jsonl").read_text().splitlines()
     ]
     assert sorted(names) == sorted(single["file"])
+    shown = CliRunner().invoke(app, ["report", str(tmp_path / "all")])
+    assert shown.exit_code == 0, shown.stderr
+    assert "merged from" in shown.stderr and "4 dirs" in shown.stderr
 
     again = runner.run(manifest, out=tmp_path / "all", **QUICK)  # the journal came along
     assert (again["status"] == "completed").all()
