@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .errors import RunnerError, RunStopped
+from .errors import ManifestError, RunnerError, RunStopped
 from .expand import JobList, Plan, plan_file
 from .manifest import manifest_json_schema
 from .mirror import SYNC_INTERVAL_S
@@ -213,15 +213,52 @@ def run(
             help="Object-store --out: seconds between uploads of new images and the journal.",
         ),
     ] = SYNC_INTERVAL_S,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run the shards as Ray tasks (pip install -e '.[ray]'), then merge them into "
+            "--out; shards write to OUT/shards/K-of-N.",
+        ),
+    ] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(help="With --ray: the cluster's address (default: start a local one)."),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(min=1, max=10_000, help="With --ray: how many shards (default: 2 per CPU)."),
+    ] = None,
 ) -> None:
     """Run a manifest; resumes if the output dir holds an earlier run of it.
 
     Examples:
       runner run manifests/quickstart.yaml --fake
       EVOLINK_API_KEY=... runner run manifests/marketing.yaml --concurrency 16
+      runner run manifests/dataset.yaml --fake --ray --shards 4 --out s3://bucket/animals
     """
     from .batch import RunOptions, run_plan  # the engine's imports (pandas, httpx) load here
 
+    if ray or address is not None or shards is not None:
+        chosen_flags = [rows, only, where, sample, limit, shard]
+        _run_on_ray(
+            manifest,
+            ray=ray,
+            selectors=any(flag is not None for flag in chosen_flags),
+            out=out,
+            address=address,
+            shards=shards,
+            base_url=base_url,
+            fake=fake,
+            concurrency=concurrency,
+            rate=rate,
+            max_attempts=max_attempts,
+            task_timeout=task_timeout,
+            retry_failed=retry_failed,
+            max_credits=max_credits,
+            sync_interval=sync_interval,
+        )
+        return
     selection = _selection(rows, only, where, sample, seed, limit, shard)
     planned, chosen = _plan_selected(manifest, selection)
     selected = None if chosen is None else _guard(lambda: planned.jobs_in(chosen))
@@ -259,6 +296,35 @@ def run(
             frame = frame[frame["job_id"].isin({job.job_id for job in selected})]
         if (frame["status"] != "completed").any():
             raise typer.Exit(1)
+
+
+def _run_on_ray(manifest: Path, *, ray: bool, selectors: bool, **options: Any) -> None:
+    from .distributed import run_on_ray
+
+    def check() -> None:
+        if not ray:
+            raise ManifestError("--address and --shards go with --ray", field="--shards")
+        if selectors:
+            raise ManifestError(
+                "--ray runs the whole manifest: --rows, --only, --where, --sample, --limit "
+                "and --shard go without it",
+                field="--ray",
+            )
+
+    _guard(check)
+    reporter = make_reporter(err)
+    outcome = _guard(lambda: run_on_ray(manifest, reporter=reporter, **options))
+    for shard in outcome.shards:
+        if shard.message:
+            err.print(f"runner: shard {shard.shard}: {shard.message}", markup=False)
+    merged = outcome.merge
+    err.print(
+        f"runner: {len(outcome.shards)} shards on Ray merged into {outcome.out}: {merged.jobs} "
+        f"jobs, {merged.completed} completed, {merged.jobs - merged.completed} not completed",
+        markup=False,
+    )
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
