@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,10 @@ from .journal import Journal, iso
 from .manifest import LoadedManifest
 from .mirror import SYNC_INTERVAL_S, Mirror
 from .objectstore import is_url, local_path
-from .outputs import OUTPUT_FILES, file_sha256, summary_counts, write_outputs
+from .outputs import OUTPUT_FILES, file_sha256
 from .policy import Timing
 from .progress import Reporter
+from .results_writer import ResultsWriter, chunks
 from .select import selection_from_options
 
 LOCK_NAME = ".runner.lock"
@@ -70,8 +71,9 @@ def run(
     base_url: str | None = None,
     fake: bool = False,
     **options: Any,
-) -> pd.DataFrame:
-    """Run a manifest and return the results table (one row per job)."""
+) -> pd.DataFrame | None:
+    """Run a manifest and return the results table (one row per job; None for a table
+    of over 200,000 rows: read results.parquet in batches)."""
     return anyio.run(_arun_kwargs, path, out, base_url, fake, options)
 
 
@@ -81,7 +83,7 @@ async def _arun_kwargs(
     base_url: str | None,
     fake: bool,
     options: dict[str, Any],
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     return await arun(path, out=out, base_url=base_url, fake=fake, **options)
 
 
@@ -99,7 +101,7 @@ async def arun(
     limit: int | None = None,
     shard: str | None = None,
     **options: Any,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """``run`` for callers already inside an event loop. ``rows`` ("3,7-12"), ``only``,
     ``where``, ``sample``/``seed``, ``limit`` and ``shard`` ("K/N") select jobs as on the
     command line."""
@@ -128,10 +130,13 @@ def settings_for(loaded: LoadedManifest, opts: RunOptions) -> Settings:
     )
 
 
-async def run_plan(plan: Plan, opts: RunOptions, jobs: Sequence[Job] | None = None) -> pd.DataFrame:
+async def run_plan(
+    plan: Plan, opts: RunOptions, jobs: Sequence[Job] | None = None
+) -> pd.DataFrame | None:
     """Run a checked plan (or the selected ``jobs`` of it) into its output dir; raises
     RunStopped subclasses on early ends. The results table holds the jobs this dir has
-    run so far plus the selected ones (all of the plan when nothing was selected)."""
+    run so far plus the selected ones (all of the plan when nothing was selected); it is
+    None past FRAME_MAX_ROWS rows (results.parquet has them all)."""
     loaded = plan.loaded
     settings = settings_for(loaded, opts)
     client = _client(opts)  # before the dir is touched: a missing key changes nothing
@@ -157,8 +162,9 @@ async def _run_in_dir(
     out_dir: Path,
     selected: Sequence[Job] | None,
     mirror: Mirror | None = None,
-) -> pd.DataFrame:
-    todo = plan.jobs if selected is None else selected
+) -> pd.DataFrame | None:
+    todo: Iterable[Job] = plan.iter_jobs() if selected is None else selected
+    total = len(plan) if selected is None else len(selected)
     shown_dir = mirror.url if mirror else out_dir
     with exclusive_dir(out_dir), Journal.open(out_dir) as journal:
         journal.claim(plan.name, shown_dir)
@@ -174,21 +180,18 @@ async def _run_in_dir(
             reporter=reporter,
             stored_size=mirror.stored_size if mirror else None,
         )
-        estimates = {job.job_id: plan.estimate(job) for job in todo}
         started = time.time()
         interrupted = False
         syncing = (lambda: mirror.keep_synced(journal)) if mirror else None
         try:
-            interrupted = await _run_engine(engine, todo, estimates, opts.handle_signals, syncing)
+            interrupted = await _run_engine(
+                engine, todo, total, plan.estimate, opts.handle_signals, syncing
+            )
         finally:
             reporter.close()
-        records = journal.records(plan.job_ids)
-        shown = plan.jobs if selected is None else _ran_or_selected(plan, selected, records)
         latest = _invocation_summary(engine, reporter, started, interrupted, opts, settings)
-        latest["selected_jobs"] = len(todo)
-        journal.finish_invocation(latest)
-        info = _run_info(plan, journal, records, latest, shown)
-        frame = write_outputs(out_dir, plan, records, info, shown)
+        latest["selected_jobs"] = total
+        frame = _write_outputs(out_dir, plan, journal, selected, latest)
         if mirror is not None:
             await mirror.finish(journal, list(OUTPUT_FILES))
     if interrupted:
@@ -208,18 +211,45 @@ async def _run_in_dir(
     return frame
 
 
-def _ran_or_selected(plan: Plan, selected: Sequence[Job], records: Mapping[str, Any]) -> list[Job]:
-    """The plan's jobs this dir has run so far, and the selected ones, in plan order."""
-    wanted = {job.job_id for job in selected}
-    if wanted.issuperset(records):
-        return list(selected)  # already in plan order: no need to render the plan again
-    return list(plan.iter_jobs(wanted.union(records)))
+def _write_outputs(
+    out_dir: Path,
+    plan: Plan,
+    journal: Journal,
+    selected: Sequence[Job] | None,
+    latest: dict[str, Any],
+) -> pd.DataFrame | None:
+    """The tables, a chunk of jobs at a time; then run.json and the gallery. The jobs
+    shown: every job of the plan, or (with a selection) the selected ones and those this
+    dir has run before."""
+    wanted = None if selected is None else frozenset(job.job_id for job in selected)
+    writer = ResultsWriter(out_dir, plan, wanted)
+    try:
+        for chunk in chunks(_shown(plan, journal, selected, wanted)):
+            writer.add(chunk, journal.records_of([job.job_id for job in chunk]))
+    except BaseException:
+        writer.abort()
+        raise
+    latest["selected"] = dict(writer.counts if wanted is None else writer.selected_counts)
+    journal.finish_invocation(latest)
+    return writer.finish(_run_info(plan, journal, writer.summary(), latest))
+
+
+def _shown(
+    plan: Plan, journal: Journal, selected: Sequence[Job] | None, wanted: frozenset[str] | None
+) -> Iterable[Job]:
+    if selected is None or wanted is None:
+        return plan.iter_jobs()
+    ran = journal.job_ids() & plan.id_set()
+    if wanted.issuperset(ran):
+        return selected  # already in plan order: no need to render the plan again
+    return plan.iter_jobs(wanted | ran)
 
 
 async def _run_engine(
     engine: Engine,
-    jobs: Sequence[Job],
-    estimates: dict[str, float],
+    jobs: Iterable[Job],
+    total: int,
+    estimate: Callable[[Job], float],
     handle_signals: bool,
     background: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> bool:
@@ -244,7 +274,7 @@ async def _run_engine(
 
             group.start_soon(watcher)
         with anyio.CancelScope() as work:
-            await engine.run(jobs, estimates)
+            await engine.run(jobs, total, estimate)
         group.cancel_scope.cancel()
     return interrupted
 
@@ -326,7 +356,7 @@ def _invocation_summary(
 
 
 def _run_info(
-    plan: Plan, journal: Journal, records: Any, latest: dict[str, Any], shown: Sequence[Job]
+    plan: Plan, journal: Journal, counts: dict[str, Any], latest: dict[str, Any]
 ) -> dict[str, Any]:
     invocations = journal.invocations()
     return {
@@ -339,7 +369,7 @@ def _run_info(
             for role, path in plan.input_files.items()
         },
         "totals": {
-            **summary_counts(shown, records),
+            **counts,
             "manifest_jobs": len(plan),
             "estimated_credits": plan.estimated_credits(),
             "first_started_at": iso(invocations[0]["started_at"]) if invocations else None,

@@ -280,22 +280,20 @@ def run(
     )
     stopped: RunStopped | None = None
     try:
-        frame = anyio.run(run_plan, planned, options, selected)
+        anyio.run(run_plan, planned, options, selected)
     except RunStopped as error:
-        stopped, frame = error, error.results
+        stopped = error
     except RunnerError as error:
         reporter.close()
         err.print(f"runner: error: {error}", markup=False)
         raise typer.Exit(error.exit_code) from None
-    print_run_summary(err, out_dir)
+    info = _guard(lambda: print_run_summary(err, out_dir))
     if stopped is not None:
         err.print(f"runner: {stopped}", markup=False)
         raise typer.Exit(stopped.exit_code)
-    if frame is not None:
-        if selected is not None:  # the exit code speaks of the selected jobs
-            frame = frame[frame["job_id"].isin({job.job_id for job in selected})]
-        if (frame["status"] != "completed").any():
-            raise typer.Exit(1)
+    counts = info["latest"]["selected"]  # the exit code speaks of the selected jobs
+    if counts["completed"] < counts["jobs"]:
+        raise typer.Exit(1)
 
 
 def _run_on_ray(manifest: Path, *, ray: bool, selectors: bool, **options: Any) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from .download import download_image
@@ -40,6 +41,7 @@ from .ratelimit import RateLimiter
 
 MAX_THROTTLES_PER_SUBMISSION = 100
 SUBMIT_SHIELD_S = 90  # a submission in progress finishes (or times out) even on Ctrl-C
+YIELD_EVERY = 200  # jobs looked at between two checkpoints of the event loop
 PROGRESS_MARGIN_S = 0.02  # poll this long after the end that progress predicts
 PROGRESS_AGREEMENT_S = 1.5  # progress and estimated_time must agree this well ...
 PROGRESS_HORIZON_S = 3.0  # ... for a poll this far ahead to be guided by progress
@@ -107,22 +109,35 @@ class Engine:
         """No new submissions from now on; tasks in flight are still followed."""
         self._stopped = True
 
-    async def run(self, jobs: Sequence[Job], estimates: dict[str, float] | None = None) -> None:
-        """Bring every job to completed or failed (or leave it pending if stopped)."""
-        records = self.journal.records(job.job_id for job in jobs)
-        todo = [job for job in jobs if self._needs_work(job, records.get(job.job_id))]
-        self._credits_committed = sum(r.credits_total for r in records.values())
-        self.reporter.start(total=len(jobs), done=len(jobs) - len(todo))
-        estimates = estimates or {}
+    async def run(
+        self,
+        jobs: Iterable[Job],
+        total: int | None = None,
+        estimate: Callable[[Job], float] | None = None,
+    ) -> None:
+        """Bring every job to completed or failed (or leave it pending if stopped).
+        ``jobs`` may be a stream (a large plan renders them as they are needed): each is
+        looked up in the journal when its turn comes, and finished ones are skipped."""
+        if total is None:
+            jobs = list(jobs)
+            total = len(jobs)
+        self._credits_committed = self.journal.credits_reserved()
+        self.reporter.start(total=total, done=0)
         async with anyio.create_task_group() as group:
-            for job in todo:
-                await self._live.acquire()
-                if self._stopped and not _has_task(records.get(job.job_id)):
-                    self._live.release()
+            for index, job in enumerate(jobs):
+                if index % YIELD_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()  # skipping many done jobs takes a while
+                record = self.journal.get(job.job_id)
+                if not self._needs_work(job, record):
+                    self.reporter.already_done()
                     continue
-                group.start_soon(
-                    self._run_job, job, records.get(job.job_id), estimates.get(job.job_id, 0.0)
-                )
+                await self._live.acquire()
+                if self._stopped and not _has_task(record):
+                    self._live.release()
+                    self.reporter.unsent()
+                    continue
+                cost = estimate(job) if estimate is not None else 0.0
+                group.start_soon(self._run_job, job, record, cost)
 
     def _needs_work(self, job: Job, record: JobRecord | None) -> bool:
         if record is None or record.state in ("pending", "submitting", "submitted"):

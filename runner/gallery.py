@@ -73,22 +73,30 @@ Array.prototype.forEach.call(document.querySelectorAll('img'), function(img){
 
 
 def gallery_html(
-    title: str, frame: pd.DataFrame, columns: Sequence[str], matrix: Sequence[str]
+    title: str,
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    matrix: Sequence[str],
+    total: int | None = None,
 ) -> str:
-    """The page for a results table; ``columns``/``matrix`` name its input columns."""
+    """The page for a results table; ``columns``/``matrix`` name its input columns. When
+    ``frame`` holds only the first rows of a larger table, ``total`` says how many."""
     esc = html.escape
     filters = [_select("status", "status", ["completed", "failed", "pending"])]
     for key in matrix:
         values = sorted({cell_text(v) for v in frame[key]}) if key in frame else []
         filters.append(_select(f"m-{_slug(key)}", key, values))
     cards = [_card(record, columns, matrix) for record in frame.to_dict("records")]
+    note = ""
+    if total is not None and total > len(frame):
+        note = f"<span>the first {len(frame)} of {total} jobs; results.csv has them all</span>"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)} · runner gallery</title><style>{_STYLE}</style></head><body>"
         f"<header><h1>{esc(title)}</h1>{''.join(filters)}"
         '<label>search <input id="search" type="search" placeholder="prompt, column…">'
-        '</label><span id="count"></span></header>'
+        f'</label><span id="count"></span>{note}</header>'
         f"<main>{''.join(cards)}</main><script>{_SCRIPT}{MARK_LOADED_SCRIPT}</script>"
         "</body></html>\n"
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 from .errors import OutputDirError
 
 FILENAME = "state.sqlite"
+_IDS_PER_QUERY = 500
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -145,6 +146,24 @@ class Journal:
         if job_ids is None:
             return records
         return {job_id: records[job_id] for job_id in job_ids if job_id in records}
+
+    def records_of(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        """Records of the given jobs only (a large journal is read a slice at a time)."""
+        found: dict[str, JobRecord] = {}
+        for start in range(0, len(job_ids), _IDS_PER_QUERY):
+            part = job_ids[start : start + _IDS_PER_QUERY]
+            marks = ",".join("?" * len(part))
+            for row in self._db.execute(f"SELECT * FROM jobs WHERE job_id IN ({marks})", part):
+                found[row["job_id"]] = JobRecord(**dict(row))
+        return found
+
+    def job_ids(self) -> set[str]:
+        return {str(row[0]) for row in self._db.execute("SELECT job_id FROM jobs")}
+
+    def credits_reserved(self) -> float:
+        """Credits reserved by every task this output dir has sent."""
+        row = self._db.execute("SELECT COALESCE(SUM(credits_total), 0) FROM jobs").fetchone()
+        return float(row[0])
 
     def completed_files(self, since: float = 0.0) -> list[tuple[str, int, float]]:
         """(file, bytes, completed_at) of the jobs completed at or after ``since``."""

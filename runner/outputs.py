@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .expand import Job, Plan
-from .gallery import gallery_html
 from .journal import JobRecord
 
 RESULT_COLUMNS = (
@@ -155,33 +154,6 @@ OUTPUT_FILES = (
 )
 
 
-def write_outputs(
-    out_dir: Path,
-    plan: Plan,
-    records: Mapping[str, JobRecord],
-    run_info: dict[str, Any],
-    jobs: Sequence[Job],
-) -> pd.DataFrame:
-    """Write every output for ``jobs`` (of ``plan``); returns the results table."""
-    frame = results_frame(plan, records, jobs)
-    write_if_changed(out_dir / "results.csv", csv_bytes(frame))
-    write_if_changed(out_dir / "results.parquet", parquet_bytes(frame))
-    completed = [
-        (job, records[job.job_id])
-        for job in jobs
-        if job_status(records.get(job.job_id)) == "completed"
-    ]
-    write_if_changed(out_dir / "files.json", json_bytes(_files_manifest(completed)))
-    write_if_changed(out_dir / "metadata.jsonl", metadata_bytes(frame))
-    write_if_changed(out_dir / "run.json", json_bytes(run_info))
-    names = input_column_names(plan)
-    page = gallery_html(
-        plan.name, frame, [names[c] for c in plan.columns], [names[k] for k in plan.matrix_keys]
-    )
-    write_if_changed(out_dir / "gallery.html", page.encode("utf-8"))
-    return frame
-
-
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     text = frame.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
     return text.encode("utf-8")
@@ -197,21 +169,19 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     return sink.getvalue()
 
 
-def _files_manifest(completed: Sequence[tuple[Job, JobRecord]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "job_id": job.job_id,
-            "path": record.file,
-            "sha256": record.sha256,
-            "bytes": record.bytes,
-            "width": record.width,
-            "height": record.height,
-            "media_type": record.media_type,
-            "task_id": record.task_id,
-            "source_url": record.result_url,
-        }
-        for job, record in completed
-    ]
+def files_entry(job: Job, record: JobRecord) -> dict[str, Any]:
+    """One completed job's entry in files.json."""
+    return {
+        "job_id": job.job_id,
+        "path": record.file,
+        "sha256": record.sha256,
+        "bytes": record.bytes,
+        "width": record.width,
+        "height": record.height,
+        "media_type": record.media_type,
+        "task_id": record.task_id,
+        "source_url": record.result_url,
+    }
 
 
 def metadata_bytes(frame: pd.DataFrame) -> bytes:
@@ -251,14 +221,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def summary_counts(jobs: Sequence[Job], records: Mapping[str, JobRecord]) -> dict[str, Any]:
-    """Counts and credits over the jobs shown, as run.json and the summary show them."""
-    counts = {"jobs": len(jobs), "completed": 0, "failed": 0, "pending": 0}
-    credits = 0.0
-    for job in jobs:
-        record = records.get(job.job_id)
-        counts[job_status(record)] += 1
-        credits += record.credits_total if record else 0.0
-    return {**counts, "credits_reserved": round(credits, 4)}

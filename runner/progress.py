@@ -51,6 +51,11 @@ class Reporter:
         self.tally.total, self.tally.already_done = total, done
         self.refresh()
 
+    def already_done(self) -> None:
+        """A job finished by an earlier run: counted, not run again."""
+        self.tally.already_done += 1
+        self.refresh()
+
     def submitted(self) -> None:
         self.tally.submissions += 1
 

@@ -107,8 +107,8 @@ def print_plan(console: Console, summary: dict[str, Any]) -> None:
         console.print(f"  {item['prompt']}", markup=False)
 
 
-def print_run_summary(console: Console, out_dir: str | Path) -> None:
-    """The end-of-run table, from run.json (a run's, or a merge's)."""
+def print_run_summary(console: Console, out_dir: str | Path) -> dict[str, Any]:
+    """The end-of-run table, from run.json (a run's, or a merge's); returns run.json."""
     info = _run_json(out_dir)
     totals, latest = info["totals"], info.get("latest")
     table = Table(title=f"runner: {info['name']}", show_header=False, title_justify="left")
@@ -136,6 +136,7 @@ def print_run_summary(console: Console, out_dir: str | Path) -> None:
     )
     table.add_row("outputs", str(out_dir))
     console.print(table)
+    return info
 
 
 def _run_json(out_dir: str | Path) -> dict[str, Any]:

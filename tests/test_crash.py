@@ -69,6 +69,23 @@ def test_sigkill_then_rerun_completes_every_job_without_paying_twice(tmp_path, l
     assert not list((tmp_path / "out").rglob("*.runner-part"))
 
 
+def test_a_killed_shard_reruns_into_its_own_dir_without_paying_twice(tmp_path, loopback):
+    server = loopback(task_seconds=(0.5, 1.5), small_images=True)
+    manifest = write_manifest(tmp_path, 120)
+    args = ("--shard", "1/2", "--concurrency", "20")
+    process = start_run(manifest, server.url, *args)
+    wait_for(lambda: server.fake.counts["submissions"] >= 25)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+
+    code, stderr = finish(start_run(manifest, server.url, *args))
+    assert code == 0, stderr
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert (results["status"] == "completed").all()
+    assert 40 < len(results) < 80  # about half of 120
+    assert server.fake.counts["submissions"] <= len(results) + 2
+
+
 def test_ctrl_c_stops_cleanly_writes_outputs_and_exits_130(tmp_path, loopback):
     server = loopback(task_seconds=(0.5, 1.0), small_images=True)
     manifest = write_manifest(tmp_path, 40)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tracemalloc
 
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -117,3 +120,49 @@ def test_plan_json_and_a_limited_run_of_a_large_manifest(tmp_path, monkeypatch, 
     frame = runner.run(manifest, out=tmp_path / "o", sample=4, seed=3, **QUICK)
     assert set(summary["job_ids"][:5]) <= set(frame["job_id"])  # earlier jobs stay shown
     assert list(frame["job_id"]) == [i for i in summary["job_ids"] if i in set(frame["job_id"])]
+
+
+OUTPUTS = ("results.csv", "results.parquet", "files.json", "metadata.jsonl")
+
+
+def test_outputs_written_in_chunks_equal_outputs_written_at_once(tmp_path, monkeypatch):
+    manifest = write_manifest(tmp_path, 23, repeat=2)
+    whole = runner.run(manifest, out=tmp_path / "o", **QUICK)
+    at_once = {name: (tmp_path / "o" / name).read_bytes() for name in OUTPUTS}
+    monkeypatch.setattr("runner.results_writer.CHUNK_JOBS", 5)
+    monkeypatch.setattr("runner.expand.KEEP_JOBS", 3)
+    chunked = runner.run(manifest, out=tmp_path / "o", **QUICK)  # a rerun writes them again
+    assert chunked.equals(whole)
+    for name in ("results.csv", "files.json", "metadata.jsonl"):
+        assert (tmp_path / "o" / name).read_bytes() == at_once[name], name
+    table = pd.read_parquet(tmp_path / "o" / "results.parquet")
+    assert table.equals(pd.read_parquet(io.BytesIO(at_once["results.parquet"])))
+    assert pq.ParquetFile(tmp_path / "o" / "results.parquet").num_row_groups == 10
+    files = json.loads((tmp_path / "o" / "files.json").read_text())
+    assert [entry["job_id"] for entry in files] == list(whole["job_id"])
+    assert not list((tmp_path / "o").glob(".*.tmp"))
+
+
+def test_a_rerun_that_changes_nothing_leaves_the_chunked_outputs_untouched(tmp_path, monkeypatch):
+    monkeypatch.setattr("runner.results_writer.CHUNK_JOBS", 4)
+    manifest = write_manifest(tmp_path, 10)
+    runner.run(manifest, out=tmp_path / "o", **QUICK)
+    before = {name: (tmp_path / "o" / name).stat().st_mtime_ns for name in OUTPUTS}
+    runner.run(manifest, out=tmp_path / "o", **QUICK)
+    after = {name: (tmp_path / "o" / name).stat().st_mtime_ns for name in OUTPUTS}
+    assert after == before
+
+
+def test_a_large_table_is_not_held_in_memory_and_the_exit_code_still_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr("runner.results_writer.FRAME_MAX_ROWS", 5)
+    monkeypatch.setattr("runner.results_writer.CHUNK_JOBS", 4)
+    monkeypatch.setattr("runner.results_writer.GALLERY_MAX_CARDS", 6)
+    manifest = write_manifest(tmp_path, 12)
+    assert runner.run(manifest, out=tmp_path / "o", **QUICK) is None
+    assert len(pd.read_parquet(tmp_path / "o" / "results.parquet")) == 12
+    page = (tmp_path / "o" / "gallery.html").read_text()
+    assert page.count('<article class="card') == 6
+    assert "the first 6 of 12 jobs" in page
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(manifest), "--fake", "--out", "o"])
+    assert result.exit_code == 0, result.stderr
