@@ -63,6 +63,7 @@ class RunOptions:
     handle_signals: bool = True
     shards: int = 1  # the manifest's limits are shared by this many shards
     sync_interval: float = SYNC_INTERVAL_S  # object-store outputs: seconds between uploads
+    keep_frame: bool = True  # return the results table (the CLI needs only the counts)
 
 
 def run(
@@ -72,8 +73,7 @@ def run(
     fake: bool = False,
     **options: Any,
 ) -> pd.DataFrame | None:
-    """Run a manifest and return the results table (one row per job; None for a table
-    of over 200,000 rows: read results.parquet in batches)."""
+    """Run a manifest and return the results table (one row per job)."""
     return anyio.run(_arun_kwargs, path, out, base_url, fake, options)
 
 
@@ -135,8 +135,8 @@ async def run_plan(
 ) -> pd.DataFrame | None:
     """Run a checked plan (or the selected ``jobs`` of it) into its output dir; raises
     RunStopped subclasses on early ends. The results table holds the jobs this dir has
-    run so far plus the selected ones (all of the plan when nothing was selected); it is
-    None past FRAME_MAX_ROWS rows (results.parquet has them all)."""
+    run so far plus the selected ones (all of the plan when nothing was selected); None
+    when ``opts.keep_frame`` is off."""
     loaded = plan.loaded
     settings = settings_for(loaded, opts)
     client = _client(opts)  # before the dir is touched: a missing key changes nothing
@@ -191,7 +191,7 @@ async def _run_in_dir(
             reporter.close()
         latest = _invocation_summary(engine, reporter, started, interrupted, opts, settings)
         latest["selected_jobs"] = total
-        frame = _write_outputs(out_dir, plan, journal, selected, latest)
+        frame = _write_outputs(out_dir, plan, journal, selected, latest, opts.keep_frame)
         if mirror is not None:
             await mirror.finish(journal, list(OUTPUT_FILES))
     if interrupted:
@@ -217,12 +217,13 @@ def _write_outputs(
     journal: Journal,
     selected: Sequence[Job] | None,
     latest: dict[str, Any],
+    keep_frame: bool,
 ) -> pd.DataFrame | None:
     """The tables, a chunk of jobs at a time; then run.json and the gallery. The jobs
     shown: every job of the plan, or (with a selection) the selected ones and those this
     dir has run before."""
     wanted = None if selected is None else frozenset(job.job_id for job in selected)
-    writer = ResultsWriter(out_dir, plan, wanted)
+    writer = ResultsWriter(out_dir, plan, wanted, keep_frame)
     try:
         for chunk in chunks(_shown(plan, journal, selected, wanted)):
             writer.add(chunk, journal.records_of([job.job_id for job in chunk]))

@@ -277,6 +277,7 @@ def run(
         reporter=reporter,
         shards=selection.shard_count,
         sync_interval=sync_interval,
+        keep_frame=False,  # the exit code comes from run.json: memory stays flat
     )
     stopped: RunStopped | None = None
     try:

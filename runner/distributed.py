@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import tempfile
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError, OutputDirError, RunnerError, RunStopped
+from .errors import ManifestError, MissingApiKey, OutputDirError, RunnerError, RunStopped
 from .expand import plan_file
 from .merge import MergeReport, merge_runs
 from .objectstore import is_url, local_path
@@ -60,6 +61,14 @@ class RayRun:
         return 1 if self.merge.completed < self.merge.jobs else 0
 
 
+class ShardsFailed(RunnerError):
+    """Raised when shards ended without running (a refused key, an unreachable API)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class _Secret:
     """The API key on its way to the workers; never shown by a repr or a log."""
 
@@ -86,15 +95,21 @@ def run_on_ray(
     **options: Any,
 ) -> RayRun:
     """Run every shard of ``manifest`` as a Ray task and merge them into ``out``.
-    ``options`` are ``runner.run``'s (fake, base_url, api_key, concurrency ...)."""
+    ``options`` are ``runner.run``'s (fake, base_url, api_key, concurrency ...); the
+    limits among them (concurrency, rate, max_credits) are for the whole run and are
+    divided among the shards, as the manifest's are."""
     ray = _import_ray()
     plan = plan_file(manifest)  # the whole manifest is checked before anything starts
     location = plan.loaded.out_dir(out)
     bundle = _bundle(plan.input_files)
-    api_key = _Secret(options.pop("api_key", None) or os.environ.get("EVOLINK_API_KEY"))
+    key = options.pop("api_key", None) or os.environ.get("EVOLINK_API_KEY", "").strip()
+    if not key and not options.get("fake"):
+        raise MissingApiKey()
+    api_key = _Secret(key or None)
     reporter = reporter or Reporter()
     with _ray_session(ray, address):
         count = shards or max(1, int(ray.cluster_resources().get("CPU", 1) / SHARD_CPUS))
+        options = _per_shard(options, count)
         if not is_url(location) and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
             raise ManifestError(
                 "the Ray cluster has several machines: --out must be an object-store URL "
@@ -118,10 +133,26 @@ def run_on_ray(
         finally:
             reporter.close()
         outcomes = [ShardOutcome(**result) for result in ray.get(refs)]
+    unfinished = [o for o in outcomes if o.exit_code >= 2 and not o.completed + o.failed]
+    if unfinished:
+        raise ShardsFailed(
+            "; ".join(f"shard {o.shard}: {o.message}" for o in unfinished),
+            max(o.exit_code for o in unfinished),
+        )
     parts = [shard_location(location, k, count) for k in range(count)]
     with _exclusive(location):
         report = merge_runs(parts, location, plan.loaded.path)
     return RayRun(location, report, outcomes)
+
+
+def _per_shard(options: dict[str, Any], count: int) -> dict[str, Any]:
+    shared = dict(options)
+    if shared.get("concurrency"):
+        shared["concurrency"] = max(1, math.ceil(shared["concurrency"] / count))
+    for name in ("rate", "max_credits"):
+        if shared.get(name) is not None:
+            shared[name] = shared[name] / count
+    return shared
 
 
 def _import_ray() -> Any:

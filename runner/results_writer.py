@@ -35,7 +35,6 @@ from .outputs import (
 
 CHUNK_JOBS = 20_000  # jobs per chunk: one Parquet row group, ~30 MB of rows in memory
 GALLERY_MAX_CARDS = 5_000  # a page with more images is no use in a browser
-FRAME_MAX_ROWS = 200_000  # the results table handed back in memory, up to this size
 
 
 def chunks(jobs: Iterable[Job], size: int | None = None) -> Iterator[list[Job]]:
@@ -48,12 +47,18 @@ class ResultsWriter:
     """Takes the shown jobs chunk by chunk (with their journal records); ``finish``
     writes run.json and the gallery and puts every file in place."""
 
-    def __init__(self, out_dir: Path, plan: Plan, selected: frozenset[str] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        plan: Plan,
+        selected: frozenset[str] | None = None,
+        keep_frame: bool = True,
+    ) -> None:
         self.out_dir, self.plan, self.selected = out_dir, plan, selected
         self.counts = {"jobs": 0, "completed": 0, "failed": 0, "pending": 0}
         self.selected_counts = dict(self.counts)
         self.credits = 0.0
-        self._frames: list[pd.DataFrame] | None = []
+        self._frames: list[pd.DataFrame] | None = [] if keep_frame else None
         self._gallery: list[pd.DataFrame] = []
         self._gallery_rows = 0
         self._schema: pa.Schema | None = None
@@ -88,16 +93,14 @@ class ResultsWriter:
             self._gallery_rows += len(head)
         if self._frames is not None:
             self._frames.append(frame)
-            if self.counts["jobs"] > FRAME_MAX_ROWS:
-                self._frames = None
 
     def summary(self) -> dict[str, Any]:
         """Counts and credits over the jobs shown, as run.json and the summary show them."""
         return {**self.counts, "credits_reserved": round(self.credits, 4)}
 
     def finish(self, run_info: dict[str, Any]) -> pd.DataFrame | None:
-        """Close and put every output in place; returns the results table, or None when
-        it has more than FRAME_MAX_ROWS rows (read results.parquet in batches instead)."""
+        """Close and put every output in place; returns the results table (None unless
+        asked to keep it: the command line only needs the counts)."""
         if not self.counts["jobs"]:
             self.add([], {})  # the header and an empty table
         self._handles["files.json"].write(b"\n]\n" if self._files_count else b"]\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -20,10 +21,10 @@ pytestmark = pytest.mark.slow
 IDENTITY = ["job_id", "row", "sample", "prompt", "size", "quality", "status", "file"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
-        env={**os.environ, "RAY_DISABLE_USAGE_STATS": "1"},
+        env={**os.environ, "RAY_DISABLE_USAGE_STATS": "1", **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -82,3 +83,30 @@ def test_ray_with_an_object_store_out_merges_in_the_store(tmp_path, local_s3):
     for entry in entries:
         assert store.size_of(entry["path"]) == entry["bytes"]
     assert len(store.sizes("shards")) > 12  # the shards' own dirs stay beside the merge
+
+
+def test_ray_limits_are_for_the_whole_run_and_a_refused_key_stops_every_shard(tmp_path, loopback):
+    from conftest import API_KEY
+
+    manifest = write_manifest(tmp_path, 8)
+    out = tmp_path / "o"
+    done = cli(
+        *("run", str(manifest), "--fake", "--ray", "--shards", "4", "--out", str(out)),
+        *("--concurrency", "8", "--max-credits", "100"),
+    )
+    assert done.returncode == 0, done.stderr
+    settings = json.loads((out / "shards" / "1-of-4" / "run.json").read_text())["latest"][
+        "settings"
+    ]
+    assert settings["concurrency"] == 2 and settings["max_credits"] == 25
+
+    server = loopback(api_key="sk-another-key", small_images=True)
+    refused = cli(
+        *("run", str(manifest), "--ray", "--shards", "2", "--base-url", server.url),
+        *("--out", str(tmp_path / "refused")),
+        EVOLINK_API_KEY=API_KEY,
+    )
+    assert refused.returncode == 3, refused.stderr
+    assert re.search(r"shard \d: the API refused the run \(HTTP 401", refused.stderr)
+    assert API_KEY not in refused.stderr
+    assert server.fake.counts["submit_requests"] <= 2  # one probe per shard

@@ -153,12 +153,11 @@ def test_a_rerun_that_changes_nothing_leaves_the_chunked_outputs_untouched(tmp_p
     assert after == before
 
 
-def test_a_large_table_is_not_held_in_memory_and_the_exit_code_still_counts(tmp_path, monkeypatch):
-    monkeypatch.setattr("runner.results_writer.FRAME_MAX_ROWS", 5)
+def test_a_large_run_shows_its_first_jobs_in_the_gallery_and_keeps_no_table(tmp_path, monkeypatch):
     monkeypatch.setattr("runner.results_writer.CHUNK_JOBS", 4)
     monkeypatch.setattr("runner.results_writer.GALLERY_MAX_CARDS", 6)
     manifest = write_manifest(tmp_path, 12)
-    assert runner.run(manifest, out=tmp_path / "o", **QUICK) is None
+    assert runner.run(manifest, out=tmp_path / "o", keep_frame=False, **QUICK) is None
     assert len(pd.read_parquet(tmp_path / "o" / "results.parquet")) == 12
     page = (tmp_path / "o" / "gallery.html").read_text()
     assert page.count('<article class="card') == 6
