@@ -160,6 +160,10 @@ class Journal:
     def job_ids(self) -> set[str]:
         return {str(row[0]) for row in self._db.execute("SELECT job_id FROM jobs")}
 
+    def changes(self) -> int:
+        """Rows changed through this connection so far (tells whether to upload again)."""
+        return self._db.total_changes
+
     def credits_reserved(self) -> float:
         """Credits reserved by every task this output dir has sent."""
         row = self._db.execute("SELECT COALESCE(SUM(credits_total), 0) FROM jobs").fetchone()

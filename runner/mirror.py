@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 import anyio
@@ -51,6 +52,8 @@ class Mirror:
         self.stored: dict[str, int] = {}  # images in the store: relative path → size
         self._since = 0.0  # completed_at of the newest image uploaded
         self.finished = False  # everything is uploaded
+        self._pushed_changes = -1  # the journal's change count at its last upload
+        self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Mirror({self.url!r}, staging={str(self.staging)!r})"
@@ -85,7 +88,7 @@ class Mirror:
             except OutputDirError as error:
                 if "taken over" in str(error):
                     raise
-                # the network or the store failed this time: the next pass tries again
+                self._warn(str(error))  # the next pass tries again
 
     async def sync(self, journal: Journal) -> None:
         """Upload the images completed since the last pass, then the journal."""
@@ -114,13 +117,26 @@ class Mirror:
         if clean:
             shutil.rmtree(self.staging, ignore_errors=True)
 
+    def _warn(self, problem: str) -> None:
+        if problem not in self._warned:
+            self._warned.add(problem)
+            print(
+                f"runner: warning: upload failed ({problem}); trying again every "
+                f"{self.interval:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
     async def _push_journal(self, journal: Journal) -> None:
+        if journal.changes() == self._pushed_changes:
+            return  # nothing new since the last upload
         generation = int(journal.get_meta(GENERATION) or 0) + 1
         journal.set_meta(GENERATION, str(generation))
         snapshot = self.staging / f"{JOURNAL}.upload"
         journal.snapshot(snapshot)
         await anyio.to_thread.run_sync(self.store.upload, snapshot, JOURNAL)
         snapshot.unlink()
+        self._pushed_changes = journal.changes()
 
     def _pull_journal(self) -> None:
         local = self.staging / JOURNAL

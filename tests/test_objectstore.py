@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import anyio
 import fsspec
 import pandas as pd
 import pytest
@@ -18,7 +19,9 @@ import pytest
 import runner
 from runner.errors import OutputDirError
 from runner.fake import FakeOptions
+from runner.journal import Journal
 from runner.merge import merge_runs
+from runner.mirror import Mirror
 from runner.objectstore import LOCK_NAME, ObjectStoreDir
 
 from conftest import API_KEY, FAST
@@ -224,3 +227,64 @@ def test_s3_journal_is_uploaded_during_the_run_and_a_killed_run_resumes_elsewher
     # resubmitted at most: what was in flight at the kill + what finished after the
     # last upload (one interval)
     assert server.fake.counts["submissions"] <= 40 + 8 + 8
+
+
+def test_plan_against_an_object_store_counts_what_is_done_there(tmp_path):
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    manifest = write_manifest(tmp_path, 8)
+    runner.run(manifest, out="memory://bucket/p", limit=3, **QUICK)
+    result = CliRunner().invoke(
+        app, ["plan", str(manifest), "--json", "--out", "memory://bucket/p"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["existing"] == {
+        "to_run": 5,
+        "done": 3,
+        "failed": 0,
+        "dropped": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [("nosuch://bucket/x", "nosuch"), ("gcs://bucket/x", "gcsfs")],
+)
+def test_an_unusable_url_is_one_clear_line_and_exit_2(tmp_path, url, said):
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    result = CliRunner().invoke(
+        app, ["run", str(write_manifest(tmp_path, 2)), "--fake", "--out", url]
+    )
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], result.stderr
+
+
+def test_a_journal_that_did_not_change_is_not_uploaded_again(tmp_path, monkeypatch):
+    uploads: list[str] = []
+    original = ObjectStoreDir.upload
+
+    def counting(self, local, relative):
+        uploads.append(relative)
+        return original(self, local, relative)
+
+    monkeypatch.setattr(ObjectStoreDir, "upload", counting)
+    mirror = Mirror("memory://bucket/j")
+    staging = mirror.prepare()
+
+    async def three_syncs() -> None:
+        with Journal.open(staging) as journal:
+            journal.claim("m", mirror.url)
+            await mirror.sync(journal)
+            await mirror.sync(journal)  # nothing changed
+            journal.mark_submitting("job-1")
+            await mirror.sync(journal)
+
+    anyio.run(three_syncs)
+    mirror.close(clean=True)
+    assert uploads.count("state.sqlite") == 2
