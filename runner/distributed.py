@@ -160,7 +160,7 @@ def _import_ray() -> Any:
         import ray
     except ImportError:
         raise ManifestError(
-            "--ray needs Ray: pip install -e '.[ray]' (or pip install 'ray[default]')",
+            "Ray is not installed: pip install -e '.[ray]' (or pip install 'ray[default]')",
             field="--ray",
         ) from None
     return ray

@@ -83,13 +83,13 @@ class ObjectStoreDir:
             return bytes(self.fs.cat_file(self.key(relative)))
         except FileNotFoundError:
             return None
-        except OSError as error:
+        except Exception as error:  # botocore, gcsfs ... raise their own kinds
             raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         try:
             self.fs.pipe_file(self.key(relative), data)
-        except OSError as error:
+        except Exception as error:  # botocore, gcsfs ... raise their own kinds
             raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
 
     def upload(self, local: Path, relative: str) -> None:
@@ -98,7 +98,7 @@ class ObjectStoreDir:
         try:
             self.fs.put_file(str(local), target)
             stored = self.fs.size(target)
-        except OSError as error:
+        except Exception as error:  # botocore, gcsfs ... raise their own kinds
             raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
         if stored != local.stat().st_size:
             raise OutputDirError(f"{self.url}/{relative}: stored {stored} bytes, not all of it")
@@ -110,7 +110,7 @@ class ObjectStoreDir:
             self.fs.get_file(self.key(relative), str(partial))
         except FileNotFoundError:
             return False
-        except OSError as error:
+        except Exception as error:  # botocore, gcsfs ... raise their own kinds
             raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
         partial.replace(local)
         return True
@@ -123,7 +123,7 @@ class ObjectStoreDir:
                 self.fs.copy(other.key(relative), self.key(relative))
             else:
                 self.fs.pipe_file(self.key(relative), other.fs.cat_file(other.key(relative)))
-        except OSError as error:
+        except Exception as error:  # botocore, gcsfs ... raise their own kinds
             raise OutputDirError(f"{other.url}/{relative}: {_short(error)}") from None
 
     def size_of(self, relative: str) -> int | None:
@@ -132,7 +132,7 @@ class ObjectStoreDir:
             return int(self.fs.size(self.key(relative)))
         except FileNotFoundError:
             return None
-        except OSError as error:
+        except Exception as error:  # botocore, gcsfs ... raise their own kinds
             raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
 
     def sizes(self, folder: str) -> dict[str, int]:
@@ -142,7 +142,7 @@ class ObjectStoreDir:
             found = self.fs.find(self.key(folder), detail=True)
         except FileNotFoundError:
             return {}
-        except OSError as error:
+        except Exception as error:  # botocore, gcsfs ... raise their own kinds
             raise OutputDirError(f"{self.url}/{folder}: {_short(error)}") from None
         start = len(self.root) + 1
         return {
@@ -173,7 +173,7 @@ class ObjectStoreDir:
                         f"not refreshed for {LOCK_STALE_S:.0f} s is taken over)"
                     ) from None
                 self.remove(LOCK_NAME)  # stale: its owner is gone
-            except OSError as error:
+            except Exception as error:  # botocore, gcsfs ... raise their own kinds
                 raise OutputDirError(f"{self.url}: cannot take the lock: {_short(error)}") from None
         raise OutputDirError(f"{self.url}: another process keeps taking the lock")
 
@@ -233,4 +233,6 @@ def _alive(pid: int) -> bool:
 
 def _short(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
+    if not isinstance(error, OSError) and type(error).__name__ not in text:
+        text = f"{type(error).__name__}: {text}"
     return text.splitlines()[0][:300]
