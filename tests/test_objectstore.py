@@ -288,3 +288,25 @@ def test_a_journal_that_did_not_change_is_not_uploaded_again(tmp_path, monkeypat
     anyio.run(three_syncs)
     mirror.close(clean=True)
     assert uploads.count("state.sqlite") == 2
+
+
+def test_s3_without_credentials_is_one_line_and_exit_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    manifest = str(write_manifest(tmp_path, 2))
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "run", manifest, "--fake", "--out", "s3://some-bucket/x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "runner: error: s3://some-bucket/x: cannot take the lock: NoCredentialsError: "
+        "Unable to locate credentials"
+    ]
