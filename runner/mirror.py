@@ -91,16 +91,22 @@ class Mirror:
                 self._warn(str(error))  # the next pass tries again
 
     async def sync(self, journal: Journal) -> None:
-        """Upload the images completed since the last pass, then the journal."""
+        """Upload the images completed since the last pass (all in one call), then the
+        journal."""
+        pending: list[tuple[Path, str, int]] = []
+        newest = self._since
         for file, size, completed_at in journal.completed_files(self._since - 1.0):
-            if self.stored.get(file) != size:
-                local = self.staging / file
-                if not local.is_file():
-                    continue  # the engine will make it again: the journal is ahead of it
-                await anyio.to_thread.run_sync(self.store.upload, local, file)
-                self.stored[file] = size
-                local.unlink()
-            self._since = max(self._since, completed_at or 0.0)
+            local = self.staging / file
+            if self.stored.get(file) != size and local.is_file():
+                pending.append((local, file, size))
+            newest = max(newest, completed_at or 0.0)
+        await anyio.to_thread.run_sync(
+            self.store.upload_many, [(local, file) for local, file, _ in pending]
+        )
+        for local, file, size in pending:
+            self.stored[file] = size
+            local.unlink()
+        self._since = newest
         await self._push_journal(journal)
         await anyio.to_thread.run_sync(self.store.refresh_lock)
 

@@ -103,6 +103,16 @@ class ObjectStoreDir:
         if stored != local.stat().st_size:
             raise OutputDirError(f"{self.url}/{relative}: stored {stored} bytes, not all of it")
 
+    def upload_many(self, files: list[tuple[Path, str]]) -> None:
+        """Copy local files up in one call (concurrent on S3); an object store writes an
+        object whole or not at all, so only a failed call needs a retry."""
+        if not files:
+            return
+        try:
+            self.fs.put([str(local) for local, _ in files], [self.key(r) for _, r in files])
+        except Exception as error:  # botocore, gcsfs ... raise their own kinds
+            raise OutputDirError(f"{self.url}: uploading images: {_short(error)}") from None
+
     def download(self, relative: str, local: Path) -> bool:
         """Copy a file down (to a temp name, then renamed); False if it is not there."""
         partial = local.with_name(local.name + ".download")
