@@ -223,10 +223,12 @@ def _write_outputs(
     shown: every job of the plan, or (with a selection) the selected ones and those this
     dir has run before."""
     wanted = None if selected is None else frozenset(job.job_id for job in selected)
-    writer = ResultsWriter(out_dir, plan, wanted, keep_frame)
+    writer = ResultsWriter.for_plan(out_dir, plan, wanted, keep_frame)
     try:
         for chunk in chunks(_shown(plan, journal, selected, wanted)):
-            writer.add(chunk, journal.records_of([job.job_id for job in chunk]))
+            writer.add_jobs(plan, chunk, journal.records_of([job.job_id for job in chunk]))
+        if not writer.counts["jobs"]:
+            writer.add_jobs(plan, [], {})  # the header and an empty table
     except BaseException:
         writer.abort()
         raise

@@ -1,13 +1,17 @@
 """``runner merge``: several output dirs of one manifest (its shards, say) into one
 self-contained output dir with the layout of a single run: images hard-linked (or
 copied) into it, the tables, files.json, metadata.jsonl, gallery and run.json written
-again, and a journal rebuilt, so a later ``runner run`` resumes from it. Inputs and the
-merged dir may be local dirs or object-store URLs (the merged tables are then written in
-a local temp dir and uploaded; images are copied inside the store)."""
+again, and a journal made of the inputs' journal records, so a later ``runner run``
+resumes from it. Inputs and the merged dir may be local dirs or object-store URLs (the
+merged tables are then written in a local temp dir and uploaded; images are copied
+inside the store).
+
+Memory stays flat: the inputs' tables are held in Arrow's compact form, a copy is chosen
+per job from two columns, and the merged dir is written a chunk of jobs at a time.
+"""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -17,25 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from . import __version__ as VERSION
 from .errors import OutputDirError
 from .expand import plan_file
-from .gallery import gallery_html
 from .journal import FILENAME as JOURNAL
-from .journal import JobRecord, Journal
-from .objectstore import ObjectStoreDir, is_url, local_path, read_output
-from .outputs import (
-    OUTPUT_FILES,
-    RESULT_COLUMNS,
-    csv_bytes,
-    json_bytes,
-    metadata_bytes,
-    parquet_bytes,
-    result_column_name,
-    write_if_changed,
-)
+from .journal import Journal
+from .objectstore import ObjectStoreDir, is_url, local_path
+from .outputs import OUTPUT_FILES, RESULT_COLUMNS, files_entry, result_column_name
+from .results_writer import CHUNK_JOBS, ResultsWriter
+
+NEEDED = ("results.parquet", "run.json", JOURNAL)
+_NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype()}
 
 
 @dataclass
@@ -49,24 +51,66 @@ class MergeReport:
     missing: list[str] = field(default_factory=list)  # in the manifest, in no input
 
 
+class _Input(NamedTuple):
+    """One output dir being merged."""
+
+    location: str | Path
+    store: ObjectStoreDir | None  # when the input is in an object store
+    table: pa.Table  # its results.parquet
+    info: dict[str, Any]  # its run.json
+    journal: Journal  # read-only
+
+
 def merge_runs(
     inputs: Sequence[str | Path], out: str | Path, manifest: str | Path | None = None
 ) -> MergeReport:
     """Merge ``inputs`` into ``out``; raises OutputDirError for unusable inputs."""
-    runs = [_load(location) for location in inputs]
-    if not is_url(out):
-        return _merge(runs, local_path(out), manifest, None)
-    store = ObjectStoreDir(str(out))
+    with tempfile.TemporaryDirectory(prefix="runner-merge-") as scratch:
+        runs: list[_Input] = []
+        try:
+            for index, location in enumerate(inputs):
+                runs.append(_open(location, Path(scratch) / f"input-{index}"))
+            if not is_url(out):
+                return _merge(runs, local_path(out), manifest, None)
+            return _merge_into_store(runs, str(out), manifest, Path(scratch) / "out")
+        finally:
+            for run in runs:
+                run.journal.close()
+
+
+def _merge_into_store(
+    runs: Sequence[_Input], url: str, manifest: str | Path | None, staging: Path
+) -> MergeReport:
+    store = ObjectStoreDir(url)
     store.acquire_lock()
     try:
-        with tempfile.TemporaryDirectory(prefix="runner-merge-") as staging:
-            report = _merge(runs, Path(staging), manifest, store)
-            for name in (*OUTPUT_FILES, JOURNAL):
-                store.upload(Path(staging) / name, name)
+        report = _merge(runs, staging, manifest, store)
+        for name in (*OUTPUT_FILES, JOURNAL):
+            store.upload(staging / name, name)
         report.out = store.url
         return report
     finally:
         store.release_lock()
+
+
+def _open(location: str | Path, scratch: Path) -> _Input:
+    store = ObjectStoreDir(str(location)) if is_url(location) else None
+    folder = local_path(location)
+    if store is not None:
+        folder = scratch
+        folder.mkdir(parents=True)
+        for name in NEEDED:
+            store.download(name, folder / name)
+    missing = [name for name in NEEDED if not (folder / name).is_file()]
+    if missing:
+        raise OutputDirError(f"{location} holds no complete run (no {', '.join(missing)})")
+    try:
+        table = pq.read_table(folder / "results.parquet")
+        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        journal = Journal(folder / JOURNAL, read_only=True)
+    except (OSError, ValueError, pa.ArrowException) as error:
+        raise OutputDirError(f"{location} holds no complete run: {error}") from None
+    return _Input(location, store, table, info, journal)
 
 
 def _merge(
@@ -81,69 +125,128 @@ def _merge(
     name = names.pop()
     out.mkdir(parents=True, exist_ok=True)
     report = MergeReport(out)
-    stacked = pd.concat(
-        [run.frame.assign(_source=index) for index, run in enumerate(runs)],
-        ignore_index=True,
-    )
-    counts = stacked["job_id"].value_counts()
-    report.duplicates = sorted(counts[counts > 1].index)
-    # one row per job: a completed copy first, else the first input's
-    stacked["_rank"] = (stacked["status"] != "completed").astype(int)
-    merged = stacked.sort_values(["_rank", "_source"], kind="stable").drop_duplicates("job_id")
-    chosen = dict(zip(merged["job_id"], merged["_source"], strict=True))
-    merged = merged.drop(columns=["_rank", "_source"])
-    if manifest is not None:
-        plan = plan_file(manifest)
-        order = {job_id: i for i, job_id in enumerate(plan.job_ids)}
-        present = set(merged["job_id"])
-        report.missing = [job_id for job_id in plan.job_ids if job_id not in present]
-        merged = merged[merged["job_id"].isin(order)]
-        merged = merged.iloc[merged["job_id"].map(order).argsort()]
+    # the plan first: its pass over the CSV is the peak, before the tables are read
+    order = _plan_ids(manifest) if manifest is not None else None
+    choice = _choose(runs, report)
+    if order is not None:
+        choice = _in_plan_order(choice, order, report)
     else:
-        merged = merged.sort_values(["row", "sample", "job_id"])
-    merged = merged.reset_index(drop=True)
-    kept = set(merged["job_id"])
-    files = [
-        entry
-        for index, run in enumerate(runs)
-        for entry in run.files
-        if entry["job_id"] in kept and chosen.get(entry["job_id"]) == index
-    ]
-    for entry in files:
-        _place(runs[chosen[entry["job_id"]]], entry, out, store)
-    sources = {str(run.location): run.info.get("totals", {}) for run in runs}
-    report.jobs = len(merged)
-    report.completed = int((merged["status"] == "completed").sum())
-    _write(out, name, merged, files, runs, sources, report)
-    _rebuild_journal(out, name, merged, files)
+        choice = choice.sort_values(["row", "sample", "job_id"], kind="stable")
+    resolved = runs[0].info.get("resolved_manifest") or {}
+    matrix = [result_column_name(k) for k in resolved.get("matrix") or {}]
+    columns = [c for c in runs[0].table.column_names if c not in RESULT_COLUMNS]
+    inputs = [c for c in columns if c not in matrix]
+    writer = ResultsWriter(out, name, inputs, matrix, keep_frame=False)
+    building = out / f".{JOURNAL}.merging"
+    building.unlink(missing_ok=True)
+    try:
+        with Journal(building) as journal:
+            journal.claim(name, out if store is None else store.url)
+            for start in range(0, len(choice), CHUNK_JOBS):
+                part = choice.iloc[start : start + CHUNK_JOBS]
+                _merge_chunk(runs, part, writer, journal, out, store)
+            if not writer.counts["jobs"]:
+                writer.add_frame(_typed(runs[0].table.schema.empty_table()), [], 0.0)
+        for suffix in ("-wal", "-shm"):
+            (out / (JOURNAL + suffix)).unlink(missing_ok=True)
+        os.replace(building, out / JOURNAL)
+    except BaseException:
+        writer.abort()
+        building.unlink(missing_ok=True)
+        raise
+    report.jobs, report.completed = writer.counts["jobs"], writer.counts["completed"]
+    writer.finish(_run_info(name, runs, resolved, writer, report))
     return report
 
 
-class _Input(NamedTuple):
-    """One output dir being merged."""
-
-    location: str | Path
-    store: ObjectStoreDir | None  # when the input is in an object store
-    frame: pd.DataFrame
-    info: dict[str, Any]  # its run.json
-    files: list[dict[str, Any]]  # its files.json
+def _plan_ids(manifest: str | Path) -> pa.Array:
+    """The manifest's job ids in plan order, as a compact Arrow array."""
+    return pa.array(plan_file(manifest).job_ids, type=pa.string())
 
 
-def _load(location: str | Path) -> _Input:
-    store = ObjectStoreDir(str(location)) if is_url(location) else None
-    try:
-        parts = [read_output(location, name) for name in _NEEDED]
-        if any(part is None for part in parts):
-            missing = [name for name, part in zip(_NEEDED, parts, strict=True) if part is None]
-            raise OutputDirError(f"{location} holds no complete run (no {', '.join(missing)})")
-        table, info, entries = parts
-        frame = pd.read_parquet(io.BytesIO(table or b""))
-        return _Input(location, store, frame, json.loads(info or b""), json.loads(entries or b""))
-    except (OSError, ValueError) as error:
-        raise OutputDirError(f"{location} holds no complete run: {error}") from None
+def _choose(runs: Sequence[_Input], report: MergeReport) -> pd.DataFrame:
+    """One row per job: which input's copy (a completed one first, else the first
+    input's) and where it is in that input's table. Notes the jobs present twice.
+    Job ids stay Arrow strings (20 bytes each, not 70)."""
+    parts = []
+    for source, run in enumerate(runs):
+        part = run.table.select(["job_id", "status", "row", "sample"])
+        part = part.to_pandas(types_mapper=pd.ArrowDtype)
+        part["_source"], part["_index"] = source, np.arange(len(part))
+        parts.append(part)
+    stacked = pd.concat(parts, ignore_index=True)
+    del parts
+    counts = stacked["job_id"].value_counts()
+    report.duplicates = sorted(str(job_id) for job_id in counts[counts > 1].index)
+    stacked["_rank"] = (stacked["status"] != "completed").astype(np.int8)
+    ranked = stacked.sort_values(["_rank", "_source"], kind="stable")
+    return ranked.drop_duplicates("job_id").drop(columns=["_rank", "status"])
 
 
-_NEEDED = ("results.parquet", "run.json", "files.json")
+def _in_plan_order(choice: pd.DataFrame, order: pa.Array, report: MergeReport) -> pd.DataFrame:
+    """The jobs of the manifest in its order; reports those no input has."""
+    ids = pa.array(choice["job_id"])
+    report.missing = order.filter(pc.invert(pc.is_in(order, value_set=ids))).to_pylist()
+    position = pc.index_in(ids, value_set=order)
+    kept = choice[pc.is_valid(position).to_numpy(zero_copy_only=False)]
+    return kept.iloc[np.argsort(pc.drop_null(position).to_numpy(), kind="stable")]
+
+
+def _merge_chunk(
+    runs: Sequence[_Input],
+    part: pd.DataFrame,
+    writer: ResultsWriter,
+    journal: Journal,
+    out: Path,
+    store: ObjectStoreDir | None,
+) -> None:
+    """Rows, records and images of one chunk of the merged jobs, in the merged order."""
+    tables, records, where = [], {}, {}
+    for source in sorted(set(part["_source"])):
+        group, run = part[part["_source"] == source], runs[source]
+        tables.append(run.table.take(pa.array(group["_index"].to_numpy())))
+        records.update(run.journal.records_of(list(group["job_id"])))
+        where.update(dict.fromkeys(group["job_id"], run))
+    rows = pa.concat_tables(tables, promote_options="permissive")
+    position = {job_id: i for i, job_id in enumerate(part["job_id"])}
+    order = np.argsort([position[job_id] for job_id in rows.column("job_id").to_pylist()])
+    frame = _typed(rows.take(pa.array(order)))
+    entries = []
+    for job_id, status in zip(frame["job_id"], frame["status"], strict=True):
+        record = records.get(job_id)
+        if record is None or status == "pending":
+            continue
+        journal.put(record)
+        if status == "completed" and record.state == "completed":
+            entry = files_entry(record)
+            _place(where[job_id], entry, out, store)
+            entries.append(entry)
+    writer.add_frame(frame, entries, sum(r.credits_total for r in records.values()))
+
+
+def _typed(table: pa.Table) -> pd.DataFrame:
+    """An Arrow results table as ``results_frame`` types it (nullable ints and floats)."""
+    return table.to_pandas(types_mapper=_NULLABLE.get)
+
+
+def _run_info(
+    name: str,
+    runs: Sequence[_Input],
+    resolved: dict[str, Any],
+    writer: ResultsWriter,
+    report: MergeReport,
+) -> dict[str, Any]:
+    return {
+        "runner_version": VERSION,
+        "name": name,
+        "merged_from": {str(run.location): run.info.get("totals", {}) for run in runs},
+        "resolved_manifest": resolved,
+        "totals": {
+            **writer.summary(),
+            "duplicates": len(report.duplicates),
+            "missing": len(report.missing),
+        },
+    }
 
 
 def _place(run: _Input, entry: dict[str, Any], out: Path, store: ObjectStoreDir | None) -> None:
@@ -179,88 +282,3 @@ def _link(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
-
-
-def _write(
-    out: Path,
-    name: str,
-    frame: pd.DataFrame,
-    files: list[dict[str, Any]],
-    runs: Sequence[_Input],
-    sources: dict[str, Any],
-    report: MergeReport,
-) -> None:
-    write_if_changed(out / "results.csv", csv_bytes(frame))
-    write_if_changed(out / "results.parquet", parquet_bytes(frame))
-    write_if_changed(out / "files.json", json_bytes(files))
-    write_if_changed(out / "metadata.jsonl", metadata_bytes(frame))
-    resolved = runs[0].info.get("resolved_manifest") or {}
-    matrix_keys = list(resolved.get("matrix") or {})
-    matrix = [result_column_name(k) for k in matrix_keys]
-    columns = [c for c in frame.columns if c not in RESULT_COLUMNS and c not in matrix]
-    page = gallery_html(name, frame, columns, matrix)
-    write_if_changed(out / "gallery.html", page.encode("utf-8"))
-    counts = frame["status"].value_counts().to_dict()
-    info = {
-        "runner_version": VERSION,
-        "name": name,
-        "merged_from": sources,
-        "resolved_manifest": resolved,
-        "totals": {
-            "jobs": len(frame),
-            "completed": int(counts.get("completed", 0)),
-            "failed": int(counts.get("failed", 0)),
-            "pending": int(counts.get("pending", 0)),
-            "credits_reserved": float(frame["credits"].fillna(0).sum()),
-            "duplicates": len(report.duplicates),
-            "missing": len(report.missing),
-        },
-    }
-    write_if_changed(out / "run.json", json_bytes(info))
-
-
-def _rebuild_journal(
-    out: Path, name: str, frame: pd.DataFrame, files: list[dict[str, Any]]
-) -> None:
-    by_job = {entry["job_id"]: entry for entry in files}
-    with Journal.open(out) as journal:
-        journal.claim(name, out)
-        for row in frame.to_dict("records"):
-            status = str(row["status"])
-            if status == "pending":
-                continue
-            entry = by_job.get(str(row["job_id"]), {})
-            journal.put(
-                JobRecord(
-                    job_id=str(row["job_id"]),
-                    state=status,
-                    attempts=int(row["attempts"] or 0),
-                    task_id=_value(row.get("task_id")),
-                    submitted_at=_epoch(row.get("submitted_at")),
-                    completed_at=_epoch(row.get("completed_at")),
-                    result_url=entry.get("source_url"),
-                    credits=_value(row.get("credits")),
-                    credits_total=float(_value(row.get("credits")) or 0.0),
-                    error=_value(row.get("error")),
-                    file=_value(row.get("file")),
-                    sha256=_value(row.get("sha256")),
-                    width=_int(row.get("width")),
-                    height=_int(row.get("height")),
-                    bytes=_int(row.get("bytes")),
-                    media_type=entry.get("media_type"),
-                )
-            )
-
-
-def _value(value: Any) -> Any:
-    return None if value is None or value is pd.NA or pd.isna(value) else value
-
-
-def _int(value: Any) -> int | None:
-    value = _value(value)
-    return None if value is None else int(value)
-
-
-def _epoch(value: Any) -> float | None:
-    value = _value(value)
-    return None if value is None else pd.Timestamp(value).timestamp()

@@ -169,10 +169,10 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     return sink.getvalue()
 
 
-def files_entry(job: Job, record: JobRecord) -> dict[str, Any]:
+def files_entry(record: JobRecord) -> dict[str, Any]:
     """One completed job's entry in files.json."""
     return {
-        "job_id": job.job_id,
+        "job_id": record.job_id,
         "path": record.file,
         "sha256": record.sha256,
         "bytes": record.bytes,

@@ -44,17 +44,24 @@ def chunks(jobs: Iterable[Job], size: int | None = None) -> Iterator[list[Job]]:
 
 
 class ResultsWriter:
-    """Takes the shown jobs chunk by chunk (with their journal records); ``finish``
+    """Takes the results chunk by chunk: a run's jobs with their journal records
+    (``add_jobs``), or rows of earlier tables (``add_frame``, for merge); ``finish``
     writes run.json and the gallery and puts every file in place."""
 
     def __init__(
         self,
         out_dir: Path,
-        plan: Plan,
+        title: str,
+        columns: Sequence[str],
+        matrix: Sequence[str],
+        *,
         selected: frozenset[str] | None = None,
         keep_frame: bool = True,
     ) -> None:
-        self.out_dir, self.plan, self.selected = out_dir, plan, selected
+        """``columns``/``matrix``: the input columns and matrix keys as the table names
+        them; ``selected``: job ids counted apart (the exit code speaks of them)."""
+        self.out_dir, self.title, self.selected = out_dir, title, selected
+        self.columns, self.matrix = list(columns), list(matrix)
         self.counts = {"jobs": 0, "completed": 0, "failed": 0, "pending": 0}
         self.selected_counts = dict(self.counts)
         self.credits = 0.0
@@ -70,23 +77,51 @@ class ResultsWriter:
         }
         self._handles["files.json"].write(b"[")
 
-    def add(self, jobs: Sequence[Job], records: Mapping[str, JobRecord]) -> None:
-        frame = results_frame(self.plan, records, jobs)
+    @classmethod
+    def for_plan(
+        cls,
+        out_dir: Path,
+        plan: Plan,
+        selected: frozenset[str] | None = None,
+        keep_frame: bool = True,
+    ) -> ResultsWriter:
+        names = input_column_names(plan)
+        return cls(
+            out_dir,
+            plan.name,
+            [names[c] for c in plan.columns],
+            [names[k] for k in plan.matrix_keys],
+            selected=selected,
+            keep_frame=keep_frame,
+        )
+
+    def add_jobs(self, plan: Plan, jobs: Sequence[Job], records: Mapping[str, JobRecord]) -> None:
+        """A chunk of a run's jobs, with the journal's records of them."""
+        done = [records[j.job_id] for j in jobs if job_status(records.get(j.job_id)) == "completed"]
+        self.add_frame(
+            results_frame(plan, records, jobs),
+            [files_entry(record) for record in done],
+            sum(record.credits_total for record in records.values()),
+        )
+
+    def add_frame(
+        self, frame: pd.DataFrame, entries: Sequence[dict[str, Any]], credits: float
+    ) -> None:
+        """A chunk of the results table (typed as ``results_frame`` types it), the
+        files.json entries of its completed jobs and the credits they reserved."""
         csv = csv_bytes(frame)
         if self.counts["jobs"]:
             csv = csv.split(b"\n", 1)[1]  # the header once
         self._handles["results.csv"].write(csv)
         self._write_parquet(frame)
         self._handles["metadata.jsonl"].write(metadata_bytes(frame))
-        for job in jobs:
-            record = records.get(job.job_id)
-            status = job_status(record)
-            self._count(self.counts, status)
-            if self.selected is not None and job.job_id in self.selected:
-                self._count(self.selected_counts, status)
-            self.credits += record.credits_total if record else 0.0
-            if status == "completed" and record is not None:
-                self._write_files_entry(files_entry(job, record))
+        statuses = frame["status"]
+        self._count(self.counts, statuses)
+        if self.selected is not None:
+            self._count(self.selected_counts, statuses[frame["job_id"].isin(self.selected)])
+        self.credits += credits
+        for entry in entries:
+            self._write_files_entry(entry)
         if self._gallery_rows < GALLERY_MAX_CARDS:
             head = frame.iloc[: GALLERY_MAX_CARDS - self._gallery_rows]
             self._gallery.append(head)
@@ -101,8 +136,8 @@ class ResultsWriter:
     def finish(self, run_info: dict[str, Any]) -> pd.DataFrame | None:
         """Close and put every output in place; returns the results table (None unless
         asked to keep it: the command line only needs the counts)."""
-        if not self.counts["jobs"]:
-            self.add([], {})  # the header and an empty table
+        if self._schema is None:
+            raise ValueError("no rows were added, not even an empty table")
         self._handles["files.json"].write(b"\n]\n" if self._files_count else b"]\n")
         if self._parquet is not None:
             self._parquet.close()
@@ -112,15 +147,8 @@ class ResultsWriter:
             handle.close()
             self._put_in_place(name)
         write_if_changed(self.out_dir / "run.json", json_bytes(run_info))
-        names = input_column_names(self.plan)
         head = pd.concat(self._gallery, ignore_index=True)
-        page = gallery_html(
-            self.plan.name,
-            head,
-            [names[c] for c in self.plan.columns],
-            [names[k] for k in self.plan.matrix_keys],
-            total=self.counts["jobs"],
-        )
+        page = gallery_html(self.title, head, self.columns, self.matrix, total=self.counts["jobs"])
         write_if_changed(self.out_dir / "gallery.html", page.encode("utf-8"))
         if self._frames is None:
             return None
@@ -151,9 +179,10 @@ class ResultsWriter:
         self._files_count += 1
 
     @staticmethod
-    def _count(counts: dict[str, int], status: str) -> None:
-        counts["jobs"] += 1
-        counts[status] += 1
+    def _count(counts: dict[str, int], statuses: pd.Series) -> None:
+        counts["jobs"] += len(statuses)
+        for status, number in statuses.value_counts().items():
+            counts[str(status)] = counts.get(str(status), 0) + int(number)
 
     def _temp(self, name: str) -> Path:
         return self.out_dir / f".{name}.tmp"
