@@ -5,7 +5,8 @@ to a 1 GB budget (and the time of each, for reference).
     python benchmarks/bench_memory.py --rows 100000
 
 Each command runs in its own process; its peak comes from wait4()'s rusage. It also
-checks that the 8 shard plans hold every job exactly once.
+checks that the 8 shard plans hold every job exactly once, and merges 8 shard dirs cut
+from the streamed run's output (every job pending: the tables are full size).
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 BUDGET_MB = 1024
 
@@ -90,6 +96,30 @@ def main() -> None:
             f"| 8 shard plans: every job exactly once: {once} | | {worst:.0f} (worst) | "
             f"{worst / BUDGET_MB:.2f} |"
         )
+        parts = cut_into_shards(folder / "b", 8)
+        seconds, peak, _ = measure(["merge", *parts, "--out", "merged", "-m", manifest], folder)
+        same = (folder / "merged" / "results.csv").read_bytes() == (
+            folder / "b" / "results.csv"
+        ).read_bytes()
+        print(
+            f"| merge of 8 shard dirs -m (results.csv same as the run's: {same}) | "
+            f"{seconds:.1f} | {peak:.0f} | {peak / BUDGET_MB:.2f} |"
+        )
+
+
+def cut_into_shards(run_dir: Path, count: int) -> list[str]:
+    """Shard dirs made from one run's outputs, split by job id as --shard splits."""
+    table = pq.read_table(run_dir / "results.parquet")
+    shard = [int(job_id, 16) % count for job_id in table.column("job_id").to_pylist()]
+    parts = []
+    for k in range(count):
+        folder = run_dir.parent / f"shard-{k}"
+        folder.mkdir()
+        pq.write_table(table.filter(pc.equal(pa.array(shard), k)), folder / "results.parquet")
+        for name in ("run.json", "state.sqlite", "files.json"):
+            shutil.copyfile(run_dir / name, folder / name)
+        parts.append(str(folder))
+    return parts
 
 
 if __name__ == "__main__":
