@@ -31,7 +31,7 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_ray_shards_give_the_results_of_one_run_and_a_rerun_sends_nothing(tmp_path):
+def test_ray_shards_give_the_results_of_one_run_and_a_rerun_sends_nothing(tmp_path, monkeypatch):
     manifest = write_manifest(tmp_path, 24)
     runner.run(manifest, out=tmp_path / "single", fake=True, timing=FAST)
     single = pd.read_parquet(tmp_path / "single" / "results.parquet")
@@ -53,6 +53,16 @@ def test_ray_shards_give_the_results_of_one_run_and_a_rerun_sends_nothing(tmp_pa
         for job_id in pd.read_csv(out / "shards" / f"{k}-of-4" / "results.csv")["job_id"]
     ]
     assert sorted(shard_ids) == sorted(single["job_id"])  # each job in exactly one shard
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    loaded = datasets.load_dataset(  # as the README says, without the shards' copies
+        "imagefolder",
+        data_files=[str(out / "metadata.jsonl"), str(out / "images" / "**")],
+        split="train",
+        cache_dir=str(tmp_path / "hf"),
+    )
+    assert sorted(loaded["job_id"]) == sorted(single["job_id"])
 
     again = cli("run", str(manifest), "--fake", "--ray", "--shards", "4", "--out", str(out))
     assert again.returncode == 0, again.stderr
