@@ -125,7 +125,7 @@ def run_on_ray(
             for k in range(count)
         ]
         try:
-            _follow(ray, refs, board, reporter, count)
+            _follow(ray, refs, board, reporter, len(plan))
         except KeyboardInterrupt:
             for ref in refs:
                 ray.cancel(ref)
@@ -216,15 +216,16 @@ def _bundle(input_files: dict[str, Path]) -> dict[str, Any]:
     }
 
 
-def _follow(ray: Any, refs: list[Any], board: Any, reporter: Reporter, count: int) -> None:
-    """Show the shards' summed tallies until every task has returned."""
+def _follow(ray: Any, refs: list[Any], board: Any, reporter: Reporter, total: int) -> None:
+    """Show the shards' summed tallies (over every job of the manifest: shards still
+    waiting for a free worker count as queued) until every task has returned."""
     pending = list(refs)
+    reporter.start(total=total, done=0)
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=REPORT_EVERY_S)
-        tallies = ray.get(board.tallies.remote())
-        if len(tallies) == count:  # every shard has counted its jobs
-            reporter.tally = _sum(tallies.values())
-            reporter.refresh()
+        reporter.tally = _sum(ray.get(board.tallies.remote()).values())
+        reporter.tally.total = total
+        reporter.refresh()
 
 
 def _sum(tallies: Any) -> Tally:

@@ -120,3 +120,34 @@ def test_ray_limits_are_for_the_whole_run_and_a_refused_key_stops_every_shard(tm
     assert re.search(r"shard \d: the API refused the run \(HTTP 401", refused.stderr)
     assert API_KEY not in refused.stderr
     assert server.fake.counts["submit_requests"] <= 2  # one probe per shard
+
+
+def test_the_progress_bar_counts_every_job_even_before_every_shard_started():
+    from runner.distributed import _follow
+    from runner.progress import Reporter
+
+    reports = iter([{}, {0: {"total": 5, "completed": 2}}, {0: {"total": 5, "completed": 5}}])
+    seen: list[tuple[int, int]] = []
+
+    class Board:
+        class tallies:
+            @staticmethod
+            def remote() -> str:
+                return "ref"
+
+    class FakeRay:
+        rounds = 3
+
+        def wait(self, pending, num_returns, timeout):
+            self.rounds -= 1
+            return [], pending if self.rounds else []
+
+        def get(self, ref):
+            return next(reports)
+
+    class Seeing(Reporter):
+        def refresh(self) -> None:
+            seen.append((self.tally.total, self.tally.finished))
+
+    _follow(FakeRay(), ["a", "b"], Board(), Seeing(), total=10)
+    assert seen[-3:] == [(10, 0), (10, 2), (10, 5)]
