@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -172,14 +173,22 @@ class Plan:
         return self.request_count
 
     def estimate(self, job: Job) -> float:
-        """Credits one job is expected to reserve, by its quality (the API's default: auto)."""
-        prices = self.loaded.manifest.price_table()
-        return prices.get(job.quality or "auto", prices["auto"])
+        """Credits one job is expected to reserve."""
+        return credits_of(job, self.prices)
+
+    @cached_property
+    def prices(self) -> dict[str, float]:
+        return self.loaded.manifest.price_table()
 
     def estimated_credits(self, jobs: Iterable[Job] | None = None) -> float:
         if jobs is None:
             return self.all.credits
         return float(sum(self.estimate(job) for job in jobs))
+
+
+def credits_of(job: Job, prices: Mapping[str, float]) -> float:
+    """Credits a job is expected to reserve, by its quality (the API's default: auto)."""
+    return prices.get(job.quality or "auto", prices["auto"])
 
 
 JobObserver = Callable[[Job], None]
@@ -226,7 +235,7 @@ def _plan(loaded: LoadedManifest, observe: JobObserver | None) -> Plan:
         seen_ids.add(job.job_id)
         names.add(job, len(everything))
         requests.add(hash(_request_key(job.request)))
-        everything.add(job, prices.get(job.quality or "auto", prices["auto"]))
+        everything.add(job, credits_of(job, prices))
         if observe is not None:
             observe(job)
     files = {"manifest": loaded.path}

@@ -17,7 +17,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import ManifestError
-from .expand import Job, JobList, Plan, plan_manifest
+from .expand import Job, JobList, Plan, credits_of, plan_manifest
 from .manifest import LoadedManifest, load_manifest
 
 WHERE_MAX_CHARS = 500
@@ -90,7 +90,7 @@ class _Chooser:
             return
         if self.where is not None and not self.where(job):
             return
-        self.passed.add(job, self.prices.get(job.quality or "auto", self.prices["auto"]))
+        self.passed.add(job, credits_of(job, self.prices))
 
     def finish(self, plan: Plan) -> JobList:
         s = self.selection
