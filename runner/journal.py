@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,14 +143,6 @@ class Journal:
         row = self._db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return None if row is None else JobRecord(**dict(row))
 
-    def records(self, job_ids: Iterable[str] | None = None) -> dict[str, JobRecord]:
-        """Records by job id (all of them, or those of ``job_ids``)."""
-        rows = self._db.execute("SELECT * FROM jobs").fetchall()
-        records = {row["job_id"]: JobRecord(**dict(row)) for row in rows}
-        if job_ids is None:
-            return records
-        return {job_id: records[job_id] for job_id in job_ids if job_id in records}
-
     def records_of(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
         """Records of the given jobs only (a large journal is read a slice at a time)."""
         found: dict[str, JobRecord] = {}
@@ -163,6 +155,13 @@ class Journal:
 
     def job_ids(self) -> set[str]:
         return {str(row[0]) for row in self._db.execute("SELECT job_id FROM jobs")}
+
+    def states(self) -> dict[str, str]:
+        """Every job's state by its id."""
+        return {
+            str(job_id): str(state)
+            for job_id, state in self._db.execute("SELECT job_id, state FROM jobs")
+        }
 
     def changes(self) -> int:
         """Rows changed through this connection so far (tells whether to upload again)."""
@@ -300,13 +299,8 @@ def read_states(out_dir: Path) -> dict[str, str] | None:
     path = out_dir / FILENAME
     if not path.is_file():
         return None
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {
-            str(job_id): str(state)
-            for job_id, state in db.execute("SELECT job_id, state FROM jobs")
-        }
+        with Journal(path, read_only=True) as journal:
+            return journal.states()
     except sqlite3.Error:
         return None
-    finally:
-        db.close()

@@ -161,11 +161,7 @@ def _generation(path: Path) -> int:
     if not path.is_file():
         return -1
     try:
-        db = sqlite3.connect(path)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key=?", (GENERATION,)).fetchone()
-        finally:
-            db.close()
+        with Journal(path, read_only=True) as journal:
+            return int(journal.get_meta(GENERATION) or 0)
     except sqlite3.Error:
         return -1
-    return int(row[0]) if row else 0

@@ -5,7 +5,6 @@ so a rerun that did nothing leaves the files as they were."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -13,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .expand import Job, Plan
 from .journal import JobRecord
@@ -157,16 +154,6 @@ OUTPUT_FILES = (
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     text = frame.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
     return text.encode("utf-8")
-
-
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata(
-        {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
-    )
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
 
 
 def files_entry(record: JobRecord) -> dict[str, Any]:
