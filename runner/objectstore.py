@@ -15,6 +15,7 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,26 +81,21 @@ class ObjectStoreDir:
         """A file's bytes, or None if it is not there."""
         self.fs.invalidate_cache(self.key(relative))
         try:
-            return bytes(self.fs.cat_file(self.key(relative)))
+            with _reported(f"{self.url}/{relative}"):
+                return bytes(self.fs.cat_file(self.key(relative)))
         except FileNotFoundError:
             return None
-        except Exception as error:  # botocore, gcsfs ... raise their own kinds
-            raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        try:
+        with _reported(f"{self.url}/{relative}"):
             self.fs.pipe_file(self.key(relative), data)
-        except Exception as error:  # botocore, gcsfs ... raise their own kinds
-            raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
 
     def upload(self, local: Path, relative: str) -> None:
         """Copy a local file up; checks the stored size (an upload cut short is an error)."""
         target = self.key(relative)
-        try:
+        with _reported(f"{self.url}/{relative}"):
             self.fs.put_file(str(local), target)
             stored = self.fs.size(target)
-        except Exception as error:  # botocore, gcsfs ... raise their own kinds
-            raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
         if stored != local.stat().st_size:
             raise OutputDirError(f"{self.url}/{relative}: stored {stored} bytes, not all of it")
 
@@ -108,52 +104,45 @@ class ObjectStoreDir:
         object whole or not at all, so only a failed call needs a retry."""
         if not files:
             return
-        try:
+        with _reported(f"{self.url}: uploading images"):
             self.fs.put([str(local) for local, _ in files], [self.key(r) for _, r in files])
-        except Exception as error:  # botocore, gcsfs ... raise their own kinds
-            raise OutputDirError(f"{self.url}: uploading images: {_short(error)}") from None
 
     def download(self, relative: str, local: Path) -> bool:
         """Copy a file down (to a temp name, then renamed); False if it is not there."""
         partial = local.with_name(local.name + ".download")
         try:
-            self.fs.get_file(self.key(relative), str(partial))
+            with _reported(f"{self.url}/{relative}"):
+                self.fs.get_file(self.key(relative), str(partial))
         except FileNotFoundError:
             return False
-        except Exception as error:  # botocore, gcsfs ... raise their own kinds
-            raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
         partial.replace(local)
         return True
 
     def copy_from(self, other: ObjectStoreDir, relative: str) -> None:
         """Copy a file from another dir: inside the store when both share it, else
         through this machine."""
-        try:
+        with _reported(f"{other.url}/{relative}"):
             if type(other.fs) is type(self.fs):
                 self.fs.copy(other.key(relative), self.key(relative))
             else:
                 self.fs.pipe_file(self.key(relative), other.fs.cat_file(other.key(relative)))
-        except Exception as error:  # botocore, gcsfs ... raise their own kinds
-            raise OutputDirError(f"{other.url}/{relative}: {_short(error)}") from None
 
     def size_of(self, relative: str) -> int | None:
         self.fs.invalidate_cache(self.key(relative))
         try:
-            return int(self.fs.size(self.key(relative)))
+            with _reported(f"{self.url}/{relative}"):
+                return int(self.fs.size(self.key(relative)))
         except FileNotFoundError:
             return None
-        except Exception as error:  # botocore, gcsfs ... raise their own kinds
-            raise OutputDirError(f"{self.url}/{relative}: {_short(error)}") from None
 
     def sizes(self, folder: str) -> dict[str, int]:
         """Every file below ``folder``: its path relative to the dir → its size."""
         self.fs.invalidate_cache()  # another machine may have written since
         try:
-            found = self.fs.find(self.key(folder), detail=True)
+            with _reported(f"{self.url}/{folder}"):
+                found = self.fs.find(self.key(folder), detail=True)
         except FileNotFoundError:
             return {}
-        except Exception as error:  # botocore, gcsfs ... raise their own kinds
-            raise OutputDirError(f"{self.url}/{folder}: {_short(error)}") from None
         start = len(self.root) + 1
         return {
             name[start:]: int(info.get("size") or 0)
@@ -171,7 +160,8 @@ class ObjectStoreDir:
         """Take the prefix for this process or raise OutputDirError naming its holder."""
         for _ in range(3):
             try:
-                self.fs.pipe_file(self.key(LOCK_NAME), self._lock_body(), mode="create")
+                with _reported(f"{self.url}: cannot take the lock"):
+                    self.fs.pipe_file(self.key(LOCK_NAME), self._lock_body(), mode="create")
                 return
             except FileExistsError:
                 holder = self._read_lock()
@@ -183,8 +173,6 @@ class ObjectStoreDir:
                         f"not refreshed for {LOCK_STALE_S:.0f} s is taken over)"
                     ) from None
                 self.remove(LOCK_NAME)  # stale: its owner is gone
-            except Exception as error:  # botocore, gcsfs ... raise their own kinds
-                raise OutputDirError(f"{self.url}: cannot take the lock: {_short(error)}") from None
         raise OutputDirError(f"{self.url}: another process keeps taking the lock")
 
     def refresh_lock(self) -> None:
@@ -220,6 +208,19 @@ class ObjectStoreDir:
         except ValueError:
             return {}  # unreadable: treated as stale
         return holder if isinstance(holder, dict) else {}
+
+
+@contextlib.contextmanager
+def _reported(where: str) -> Iterator[None]:
+    """fsspec's back ends raise their own kinds of error (botocore's, gcsfs's ...): each
+    becomes one OutputDirError naming the place, except the two callers handle (not
+    there, already there)."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, OutputDirError):
+        raise
+    except Exception as error:
+        raise OutputDirError(f"{where}: {_short(error)}") from None
 
 
 def _stale(holder: dict[str, Any]) -> bool:
