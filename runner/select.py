@@ -100,26 +100,19 @@ class _Chooser:
                 raise ManifestError(
                     f"no such job in this manifest: {', '.join(unknown)}", field="--only"
                 )
-        if s.sample is None or s.sample >= len(self.passed):
-            return self.passed if s.limit is None else _first(self.passed, plan, s.limit)
-        picked = random.Random(s.seed).sample(range(len(self.passed)), s.sample)
-        ids = {self.passed.ids[index] for index in picked}
+        if s.sample is not None and s.sample < len(self.passed):
+            picked = random.Random(s.seed).sample(range(len(self.passed)), s.sample)
+            ids = {self.passed.ids[index] for index in picked}
+        elif s.limit is not None and len(self.passed) > s.limit:
+            ids = set(self.passed.ids[: s.limit])
+        else:
+            return self.passed
         kept = self.passed.kept
         jobs = plan.iter_jobs(ids) if kept is None else (j for j in kept if j.job_id in ids)
-        return _collect(plan, jobs, s.limit)
-
-
-def _first(jobs: JobList, plan: Plan, limit: int) -> JobList:
-    if len(jobs) <= limit:
-        return jobs
-    return _collect(plan, plan.iter_jobs(set(jobs.ids[:limit])), limit)
-
-
-def _collect(plan: Plan, jobs: Iterable[Job], limit: int | None) -> JobList:
-    chosen = JobList()
-    for job in itertools.islice(jobs, limit):
-        chosen.add(job, plan.estimate(job))
-    return chosen
+        chosen = JobList()
+        for job in itertools.islice(jobs, s.limit):
+            chosen.add(job, plan.estimate(job))
+        return chosen
 
 
 def in_shard(job_id: str, index: int, count: int) -> bool:
