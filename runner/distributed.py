@@ -141,7 +141,7 @@ def run_on_ray(
         )
     parts = [shard_location(location, k, count) for k in range(count)]
     with _exclusive(location):
-        report = merge_runs(parts, location, plan.loaded.path)
+        report = merge_runs(parts, location, plan=plan)
     return RayRun(location, report, outcomes)
 
 

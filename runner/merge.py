@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from . import __version__ as VERSION
 from .errors import OutputDirError
-from .expand import plan_file
+from .expand import Plan, plan_file
 from .journal import FILENAME as JOURNAL
 from .journal import Journal
 from .objectstore import ObjectStoreDir, is_url, local_path
@@ -62,29 +62,37 @@ class _Input(NamedTuple):
 
 
 def merge_runs(
-    inputs: Sequence[str | Path], out: str | Path, manifest: str | Path | None = None
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    manifest: str | Path | None = None,
+    *,
+    plan: Plan | None = None,
 ) -> MergeReport:
-    """Merge ``inputs`` into ``out``; raises OutputDirError for unusable inputs."""
+    """Merge ``inputs`` into ``out``, in the order of ``manifest`` (or of its ``plan``,
+    when the caller has one: that saves a pass over its rows); raises OutputDirError for
+    unusable inputs."""
+    # the plan first: its pass over the rows is the peak, before any table is read
+    order = _plan_order(manifest, plan)
     with tempfile.TemporaryDirectory(prefix="runner-merge-") as scratch:
         runs: list[_Input] = []
         try:
             for index, location in enumerate(inputs):
                 runs.append(_open(location, Path(scratch) / f"input-{index}"))
             if not is_url(out):
-                return _merge(runs, local_path(out), manifest, None)
-            return _merge_into_store(runs, str(out), manifest, Path(scratch) / "out")
+                return _merge(runs, local_path(out), order, None)
+            return _merge_into_store(runs, str(out), order, Path(scratch) / "out")
         finally:
             for run in runs:
                 run.journal.close()
 
 
 def _merge_into_store(
-    runs: Sequence[_Input], url: str, manifest: str | Path | None, staging: Path
+    runs: Sequence[_Input], url: str, order: pa.Array | None, staging: Path
 ) -> MergeReport:
     store = ObjectStoreDir(url)
     store.acquire_lock()
     try:
-        report = _merge(runs, staging, manifest, store)
+        report = _merge(runs, staging, order, store)
         for name in (*OUTPUT_FILES, JOURNAL):
             store.upload(staging / name, name)
         report.out = store.url
@@ -116,17 +124,16 @@ def _open(location: str | Path, scratch: Path) -> _Input:
 def _merge(
     runs: Sequence[_Input],
     out: Path,
-    manifest: str | Path | None,
+    order: pa.Array | None,
     store: ObjectStoreDir | None,
 ) -> MergeReport:
+    """``order``: the manifest's job ids in plan order (None: by row and sample)."""
     names = {run.info["name"] for run in runs}
     if len(names) != 1:
         raise OutputDirError(f"the inputs hold runs of different manifests: {sorted(names)}")
     name = names.pop()
     out.mkdir(parents=True, exist_ok=True)
     report = MergeReport(out)
-    # the plan first: its pass over the CSV is the peak, before the tables are read
-    order = _plan_ids(manifest) if manifest is not None else None
     choice = _choose(runs, report)
     if order is not None:
         choice = _in_plan_order(choice, order, report)
@@ -159,9 +166,13 @@ def _merge(
     return report
 
 
-def _plan_ids(manifest: str | Path) -> pa.Array:
+def _plan_order(manifest: str | Path | None, plan: Plan | None) -> pa.Array | None:
     """The manifest's job ids in plan order, as a compact Arrow array."""
-    return pa.array(plan_file(manifest).job_ids, type=pa.string())
+    if plan is None:
+        if manifest is None:
+            return None
+        plan = plan_file(manifest)
+    return pa.array(plan.job_ids, type=pa.string())
 
 
 def _choose(runs: Sequence[_Input], report: MergeReport) -> pd.DataFrame:
