@@ -239,6 +239,17 @@ def run(
     """
     from .batch import RunOptions, run_plan  # the engine's imports (pandas, httpx) load here
 
+    shared: dict[str, Any] = {  # what a shard on Ray gets as well
+        "base_url": base_url,
+        "fake": fake,
+        "concurrency": concurrency,
+        "rate": rate,
+        "max_attempts": max_attempts,
+        "task_timeout": task_timeout,
+        "retry_failed": retry_failed,
+        "max_credits": max_credits,
+        "sync_interval": sync_interval,
+    }
     if ray or address is not None or shards is not None:
         chosen_flags = [rows, only, where, sample, limit, shard]
         _run_on_ray(
@@ -248,15 +259,7 @@ def run(
             out=out,
             address=address,
             shards=shards,
-            base_url=base_url,
-            fake=fake,
-            concurrency=concurrency,
-            rate=rate,
-            max_attempts=max_attempts,
-            task_timeout=task_timeout,
-            retry_failed=retry_failed,
-            max_credits=max_credits,
-            sync_interval=sync_interval,
+            **shared,
         )
         return
     selection = _selection(rows, only, where, sample, seed, limit, shard)
@@ -266,18 +269,10 @@ def run(
     reporter = make_reporter(err)
     options = RunOptions(
         out=out_dir,
-        base_url=base_url,
-        fake=fake,
-        concurrency=concurrency,
-        rate=rate,
-        max_attempts=max_attempts,
-        task_timeout=task_timeout,
-        retry_failed=retry_failed,
-        max_credits=max_credits,
         reporter=reporter,
         shards=selection.shard_count,
-        sync_interval=sync_interval,
         keep_frame=False,  # the exit code comes from run.json: memory stays flat
+        **shared,
     )
     stopped: RunStopped | None = None
     try:
