@@ -51,13 +51,17 @@ def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
     return process.returncode, stderr.decode()
 
 
+def kill_after_submissions(process: subprocess.Popen[bytes], server, count: int) -> None:
+    """kill -9 the run once the fake has taken ``count`` submissions."""
+    wait_for(lambda: server.fake.counts["submissions"] >= count)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+
+
 def test_sigkill_then_rerun_completes_every_job_without_paying_twice(tmp_path, loopback):
     server = loopback(task_seconds=(0.5, 1.5), small_images=True)
     manifest = write_manifest(tmp_path, 60)
-    process = start_run(manifest, server.url, "--concurrency", "20")
-    wait_for(lambda: server.fake.counts["submissions"] >= 25)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
+    kill_after_submissions(start_run(manifest, server.url, "--concurrency", "20"), server, 25)
     killed_at = server.fake.counts["submissions"]
 
     code, stderr = finish(start_run(manifest, server.url, "--concurrency", "20"))
@@ -73,10 +77,7 @@ def test_a_killed_shard_reruns_into_its_own_dir_without_paying_twice(tmp_path, l
     server = loopback(task_seconds=(0.5, 1.5), small_images=True)
     manifest = write_manifest(tmp_path, 120)
     args = ("--shard", "1/2", "--concurrency", "20")
-    process = start_run(manifest, server.url, *args)
-    wait_for(lambda: server.fake.counts["submissions"] >= 25)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
+    kill_after_submissions(start_run(manifest, server.url, *args), server, 25)
 
     code, stderr = finish(start_run(manifest, server.url, *args))
     assert code == 0, stderr
